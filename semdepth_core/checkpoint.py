@@ -1,0 +1,87 @@
+"""Checkpoint I/O: atomic writes, safe loads (`weights_only=True`, never a blind unpickle).
+
+A checkpoint is a dict: {"format": FORMAT, "config": <Config as dict>, "depth_model": state_dict,
+"pose_net": state_dict | None, ...training state}. The embedded config rebuilds the model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "semdepth-ckpt-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, unsafe or of another architecture."""
+
+
+def atomic_write_bytes(path: str | Path, writer) -> None:
+    """Call `writer(fileobj)` on a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically save `payload` (must hold "config" and "depth_model")."""
+    if "config" not in payload or "depth_model" not in payload:
+        raise CheckpointError("checkpoint payload needs 'config' and 'depth_model'")
+    data = dict(payload)
+    data["format"] = FORMAT
+    atomic_write_bytes(path, lambda f: torch.save(data, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; raise CheckpointError with a clear reason on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError (zip), EOFError ...
+        raise CheckpointError(
+            f"{path}: refused or unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a semdepth checkpoint (format {data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
+    return data
+
+
+def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str) -> None:
+    """load_state_dict(strict=True) with a clear architecture-mismatch message instead of a traceback."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise CheckpointError(f"{what}: checkpoint does not match the configured architecture: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,288 @@
+"""One config system for training, evaluation, export and the node: dataclasses <-> YAML.
+
+`load_config(path, overrides)` reads a YAML file into `Config`, applies `key.sub=value`
+overrides (values parsed as YAML), and validates every field; any error names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the offending key."""
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+    jitter_prob: float = 1.0
+
+
+@dataclass
+class SyntheticConfig:
+    """Synthetic KITTI-format drives generated on demand into `cache_dir`."""
+    cache_dir: str = "data/synthetic"
+    train_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    val_seeds: list[int] = field(default_factory=lambda: [101])
+    frames: int = 60
+    render_width: int = 640
+    render_height: int = 192
+    speed: float = 10.0
+    lead_car: bool = False
+    # seeds (of train_seeds / val_seeds) whose drive has a lead car at ego speed
+    lead_car_seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    kind: str = "kitti"  # kitti | synthetic
+    root: str = ""  # KITTI raw root (holds YYYY_MM_DD folders)
+    train_split: str = ""  # split file; empty = every frame with context under root
+    val_root: str = ""  # empty = root
+    val_split: str = ""
+    height: int = 192
+    width: int = 640
+    context: list[int] = field(default_factory=lambda: [-1, 1])
+    cam: int = 2
+    batch_size: int = 4
+    val_batch_size: int = 1
+    num_workers: int = 0
+    gt_source: str = "auto"  # auto | velodyne | dense
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class SemanticConfig:
+    enabled: bool = False
+    arch: str = "espnet"  # espnet | fpn_resnet18 | fpn_resnet50
+    weights: str = ""  # path to a state_dict / semdepth semantic checkpoint
+    num_classes: int = 20
+    finetune: bool = False  # Table 3 "D+S": also fine-tune the semantic net on the depth task
+    pretrained_backbone: str = ""  # ImageNet encoder weights for the FPN backbone
+
+
+@dataclass
+class ModelConfig:
+    depth_net: str = "resnet18"  # resnet18 | resnet50 | mobilenetv2 | packnet01
+    pose_net: str = "posenet"
+    pretrained: str = ""  # ImageNet weights for the depth encoder ("" = random init)
+    pose_pretrained: str = ""
+    min_depth: float = 0.1
+    max_depth: float = 100.0
+    guidance: bool = False  # pixel-adaptive convolutions guided by the semantic net
+    pac_sigma_mode: str = "layer"  # layer | filter
+    packnet_version: str = "1A"
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+
+
+@dataclass
+class LossConfig:
+    ssim_alpha: float = 0.85  # Eq. 2
+    smoothness_weight: float = 1e-3  # lambda_1, Eq. 1
+    automask: bool = True
+    min_reprojection: bool = True
+    upsample_scales: bool = True
+    num_scales: int = 4
+    velocity_weight: float = 0.0  # 0.1 with velocity supervision
+    # SegDepth auxiliary segmentation loss (0 = off)
+    segdepth_weight: float = 0.0
+    segdepth_w0: float = 10.0
+    segdepth_sigma: float = 5.0
+
+
+@dataclass
+class OptimConfig:
+    depth_lr: float = 2e-4
+    pose_lr: float = 5e-4
+    weight_decay: float = 0.0
+    step_epochs: int = 20  # halve learning rates every step_epochs (paper §5.2)
+    gamma: float = 0.5
+    grad_clip: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    epochs: int = 20
+    seed: int = 42
+    device: str = "auto"  # cpu | cuda | auto
+    max_minutes: float = 0.0  # wall-clock budget (0 = none)
+    max_steps: int = 0  # 0 = none
+    steps_per_epoch: int = 0  # 0 = full pass over the data
+    log_every: int = 10
+    image_every: int = 200
+    val_every_epochs: int = 1
+    checkpoint_every_steps: int = 0  # 0 = only at epoch end
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_CHOICES = {
+    "data.kind": {"kitti", "synthetic"},
+    "data.gt_source": {"auto", "velodyne", "dense"},
+    "model.depth_net": {"resnet18", "resnet50", "mobilenetv2", "packnet01"},
+    "model.pose_net": {"posenet"},
+    "model.pac_sigma_mode": {"layer", "filter"},
+    "model.semantic.arch": {"espnet", "fpn_resnet18", "fpn_resnet50"},
+    "train.device": {"cpu", "cuda", "auto"},
+}
+
+
+def _check_value(key: str, tp: Any, value: Any) -> Any:
+    """Coerce/validate `value` against the annotation `tp`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        choices = _CHOICES.get(key)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {sorted(choices)}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key (known: {sorted(names)})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check_value(key, hints[name], value)
+    obj = cls(**kwargs)
+    # validate defaults too (choices) for a clear message if a default is ever wrong
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if key in _CHOICES and getattr(obj, f.name) not in _CHOICES[key]:
+            raise ConfigError(f"{key}: {getattr(obj, f.name)!r} is not one of {sorted(_CHOICES[key])}")
+    return obj
+
+
+def config_from_dict(data: dict | None) -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict."""
+    cfg = _from_dict(Config, data or {})
+    _validate_ranges(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _validate_ranges(cfg: Config) -> None:
+    checks = [
+        ("data.height", cfg.data.height > 0 and cfg.data.height % 32 == 0, "must be a positive multiple of 32"),
+        ("data.width", cfg.data.width > 0 and cfg.data.width % 32 == 0, "must be a positive multiple of 32"),
+        ("data.batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
+        ("data.context", len(cfg.data.context) >= 1 and 0 not in cfg.data.context, "must list non-zero frame offsets"),
+        ("model.min_depth", 0 < cfg.model.min_depth < cfg.model.max_depth, "must satisfy 0 < min_depth < max_depth"),
+        ("loss.ssim_alpha", 0.0 <= cfg.loss.ssim_alpha <= 1.0, "must be in [0, 1]"),
+        ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),
+        ("loss.smoothness_weight", cfg.loss.smoothness_weight >= 0, "must be >= 0"),
+        ("loss.velocity_weight", cfg.loss.velocity_weight >= 0, "must be >= 0"),
+        ("optim.depth_lr", cfg.optim.depth_lr > 0, "must be > 0"),
+        ("optim.pose_lr", cfg.optim.pose_lr > 0, "must be > 0"),
+        ("optim.step_epochs", cfg.optim.step_epochs >= 1, "must be >= 1"),
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+    ]
+    for key, ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+    if cfg.model.guidance and not cfg.model.semantic.enabled:
+        raise ConfigError("model.guidance: requires model.semantic.enabled: true")
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `key.sub=value` override; the value is YAML (so 1e-3, true, [1,2] work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from exc
+    if value is None:
+        value = ""
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML at `path` (or defaults), apply `key=value` overrides, validate."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    for ov in overrides or []:
+        key, value = parse_override(ov)
+        _set_path(data, key, value)
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,39 @@
+"""Shared fixtures: the read-only real data (by path, never copied) and ROS localhost setup."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+from semdepth_core.paths import kitti_raw_dir, shared_data_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.fail(f"shared data not found at {d} (set SEMDEPTH_SHARED_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def kitti_root(shared_data) -> Path:
+    return kitti_raw_dir()
+
+
+@pytest.fixture(scope="session")
+def kitti_drive_dir(kitti_root) -> Path:
+    return kitti_root / "2011_09_26" / "2011_09_26_drive_0001_sync"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """One small synthetic KITTI-format drive (seed 7, 12 frames, 320x96), generated once per session."""
+    from semdepth_core.data.synthetic import generate_drive
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_drive(root, frames=12, seed=7, width=320, height=96)
+    return root
