@@ -1,0 +1,44 @@
+"""Minimum reprojection and auto-masking (Godard et al. 2019, used by the paper, §3.1 after Eq. 2)."""
+from __future__ import annotations
+
+import torch
+
+from semdepth_core.losses.photometric import photometric_loss
+
+IDENTITY_NOISE = 1e-5  # breaks ties between identity and reprojection losses (Monodepth2)
+
+
+def min_reprojection_loss(
+    target: torch.Tensor,
+    warped: list[torch.Tensor],
+    identity: list[torch.Tensor] | None = None,
+    automask: bool = True,
+    min_reprojection: bool = True,
+    alpha: float = 0.85,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2 per context, reduced per pixel by min (or mean) over contexts, with identity auto-masking.
+
+    target: [B,3,H,W]; warped: N x [B,3,H,W] context images synthesised into the target view;
+    identity: N x [B,3,H,W] un-warped context images (needed when automask is on).
+    Returns (loss_map [B,1,H,W], automask [B,1,H,W] bool, True = a reprojection loss is kept,
+    False = an identity loss won so the pixel looks static relative to the camera).
+    """
+    if not warped:
+        raise ValueError("min_reprojection_loss: no warped context images")
+    reprojection = torch.cat([photometric_loss(w, target, alpha) for w in warped], 1)  # [B,N,H,W]
+    if min_reprojection:
+        reprojection, _ = reprojection.min(1, keepdim=True)  # [B,1,H,W]
+    else:
+        reprojection = reprojection.mean(1, keepdim=True)  # [B,1,H,W]
+
+    if not automask:
+        return reprojection, torch.ones_like(reprojection, dtype=torch.bool)
+    if not identity:
+        raise ValueError("min_reprojection_loss: automask=True needs the identity (un-warped) context images")
+
+    identity_loss = torch.cat([photometric_loss(i, target, alpha) for i in identity], 1)  # [B,N,H,W]
+    identity_loss = identity_loss + torch.randn_like(identity_loss) * IDENTITY_NOISE
+    combined = torch.cat([identity_loss, reprojection], 1)  # [B,N+1,H,W]; reprojection is last
+    loss_map, index = combined.min(1, keepdim=True)  # [B,1,H,W]
+    mask = index == identity_loss.shape[1]  # reprojection won
+    return loss_map, mask

@@ -1,0 +1,97 @@
+"""Self-supervised structure-from-motion objective, paper Eq. 1 (+ optional velocity supervision)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from semdepth_core.config import LossConfig
+from semdepth_core.geometry.camera import resize_intrinsics
+from semdepth_core.geometry.se3 import pose_vec_to_mat
+from semdepth_core.geometry.warp import view_synthesis
+from semdepth_core.losses.reprojection import min_reprojection_loss
+from semdepth_core.losses.smoothness import smoothness_loss
+from semdepth_core.losses.velocity import velocity_loss
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class SfmLoss(nn.Module):
+    """Eq. 1: L = L_p (Eq. 2, min reprojection + auto-mask) + lambda_1 * L_s (Eq. 3), averaged over scales."""
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(
+        self,
+        batch: dict,
+        inv_depths: list[torch.Tensor],
+        pose_vecs: torch.Tensor,
+        K: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 1 over scales; batch needs rgb [B,3,H,W], rgb_context [B,N,3,H,W] (+ speed [B], dt [B,N]).
+
+        inv_depths: scales x [B,1,h,w] (scale 0 = input resolution); pose_vecs: [B,N,6] of T_ctx_tgt;
+        K: [B,3,3] at the input resolution. Returns a dict of scalars.
+        """
+        cfg = self.cfg
+        target = batch["rgb"]  # [B,3,H,W]
+        contexts = batch["rgb_context"]  # [B,N,3,H,W]
+        B, N = contexts.shape[:2]
+        H, W = target.shape[-2:]
+        if pose_vecs.shape[:2] != (B, N) or pose_vecs.shape[-1] != 6:
+            raise ValueError(f"SfmLoss: pose_vecs must be [B,N,6]=[{B},{N},6], got {tuple(pose_vecs.shape)}")
+        num_scales = min(cfg.num_scales, len(inv_depths))
+        if num_scales < 1:
+            raise ValueError("SfmLoss: no inverse depth scales given")
+        K = K.to(target.dtype)
+        T_ctx_tgt = pose_vec_to_mat(pose_vecs.reshape(B * N, 6)).reshape(B, N, 4, 4)
+
+        photo_terms, smooth_terms, masked_fractions = [], [], []
+        for s in range(num_scales):
+            inv_depth = inv_depths[s]  # [B,1,h,w]
+            h, w = inv_depth.shape[-2:]
+            if cfg.upsample_scales:
+                # Monodepth2: warp at full resolution with the upsampled inverse depth
+                inv_full = _resize(inv_depth, (H, W))  # [B,1,H,W]
+                tgt_s, ctx_s, K_s = target, [contexts[:, j] for j in range(N)], K
+            else:
+                inv_full = inv_depth
+                tgt_s = _resize(target, (h, w))
+                ctx_s = [_resize(contexts[:, j], (h, w)) for j in range(N)]
+                K_s = resize_intrinsics(K, (W, H), (w, h))
+            depth = 1.0 / inv_full.clamp(min=1e-6)  # [B,1,H,W]
+            # border padding as in Monodepth2: out-of-view pixels repeat the edge instead of turning black
+            warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border")[0] for j in range(N)]
+            loss_map, mask = min_reprojection_loss(
+                tgt_s, warped, ctx_s, automask=cfg.automask,
+                min_reprojection=cfg.min_reprojection, alpha=cfg.ssim_alpha,
+            )
+            photo_terms.append(loss_map.mean())
+            masked_fractions.append(1.0 - mask.float().mean())
+
+            image_s = _resize(target, (h, w))  # [B,3,h,w]
+            smooth_terms.append(smoothness_loss(inv_depth, image_s) / (2 ** s))
+
+        photometric = torch.stack(photo_terms).mean()
+        smoothness = torch.stack(smooth_terms).mean()
+        total = photometric + cfg.smoothness_weight * smoothness
+
+        velocity = torch.zeros((), dtype=total.dtype, device=total.device)
+        if cfg.velocity_weight > 0 and "speed" in batch and "dt" in batch:
+            velocity = velocity_loss(pose_vecs[..., :3], batch["speed"], batch["dt"])
+            total = total + cfg.velocity_weight * velocity
+
+        return {
+            "total": total,
+            "photometric": photometric,
+            "smoothness": smoothness,
+            "velocity": velocity,
+            # fraction of pixels whose identity loss won (masked as static), averaged over scales
+            "automask_fraction": torch.stack(masked_fractions).mean().detach(),
+        }

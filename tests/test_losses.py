@@ -1,0 +1,240 @@
+"""Losses against the paper's equations (Eq. 1-3), Monodepth2's min reprojection/auto-mask, velocity."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semdepth_core.losses.photometric import SSIM_C1, SSIM_C2, photometric_loss, ssim
+from semdepth_core.losses.reprojection import min_reprojection_loss
+from semdepth_core.losses.smoothness import smoothness_loss
+from semdepth_core.losses.velocity import velocity_loss
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g)
+
+
+# ----------------------------------------------------------------------------- Eq. 2
+
+def test_identical_images_have_ssim_one_and_zero_photometric_loss():
+    img = _rand(2, 3, 16, 24)
+    s = ssim(img, img)
+    assert s.shape == (2, 3, 16, 24)
+    torch.testing.assert_close(s, torch.ones_like(s), atol=1e-5, rtol=0)
+    loss = photometric_loss(img, img)
+    assert loss.shape == (2, 1, 16, 24)
+    assert loss.abs().max().item() < 1e-5
+
+
+def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two 3x3 windows written out from Wang et al. 2004 (population statistics)."""
+    mu_a, mu_b = a.mean(), b.mean()
+    var_a, var_b = ((a - mu_a) ** 2).mean(), ((b - mu_b) ** 2).mean()
+    cov = ((a - mu_a) * (b - mu_b)).mean()
+    return ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / (
+        (mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    )
+
+
+def test_ssim_matches_direct_formula_inside_and_at_reflected_border():
+    x = _rand(1, 1, 5, 6, seed=1).double()
+    y = (0.5 * x + 0.4 * _rand(1, 1, 5, 6, seed=2).double()).clamp(0, 1)
+    s = ssim(x, y)[0, 0].numpy()
+    xn, yn = x[0, 0].numpy(), y[0, 0].numpy()
+    # interior pixel (row 2, col 3): plain 3x3 window
+    assert s[2, 3] == pytest.approx(_ssim_direct(xn[1:4, 2:5], yn[1:4, 2:5]), abs=1e-10)
+    # corner pixel (0, 0): reflection padding mirrors row 1 / column 1 (edge not repeated)
+    rows, cols = [1, 0, 1], [1, 0, 1]
+    win_x, win_y = xn[np.ix_(rows, cols)], yn[np.ix_(rows, cols)]
+    assert s[0, 0] == pytest.approx(_ssim_direct(win_x, win_y), abs=1e-10)
+
+
+def test_photometric_loss_on_constant_images_matches_eq2_by_hand():
+    a, b, alpha = 0.2, 0.5, 0.85
+    pred = torch.full((1, 3, 8, 8), a, dtype=torch.float64)
+    target = torch.full((1, 3, 8, 8), b, dtype=torch.float64)
+    # zero variance and covariance: SSIM reduces to the luminance term
+    ssim_ab = (2 * a * b + SSIM_C1) / (a * a + b * b + SSIM_C1)
+    expected = alpha * (1 - ssim_ab) / 2 + (1 - alpha) * abs(a - b)
+    loss = photometric_loss(pred, target, alpha=alpha)
+    torch.testing.assert_close(loss, torch.full_like(loss, expected), atol=1e-9, rtol=0)
+    # alpha = 0 is the pure L1 term
+    torch.testing.assert_close(photometric_loss(pred, target, alpha=0.0), torch.full_like(loss, 0.3))
+
+
+def test_photometric_loss_averages_channels():
+    target = torch.zeros(1, 3, 4, 4)
+    pred = target.clone()
+    pred[:, 0] = 0.3  # only the red channel differs
+    l1 = photometric_loss(pred, target, alpha=0.0)
+    torch.testing.assert_close(l1, torch.full((1, 1, 4, 4), 0.1))
+
+
+# ----------------------------------------------------------------------------- min reprojection, auto-mask
+
+def test_min_over_contexts_picks_the_smaller_loss_and_mean_averages():
+    target = _rand(2, 3, 12, 16, seed=3) * 0.5
+    near = target + 0.05
+    far = target + 0.3
+    expected_near = photometric_loss(near, target)
+    expected_far = photometric_loss(far, target)
+    loss, mask = min_reprojection_loss(target, [far, near], None, automask=False)
+    torch.testing.assert_close(loss, expected_near)
+    assert mask.dtype == torch.bool and bool(mask.all())
+    avg, _ = min_reprojection_loss(target, [far, near], None, automask=False, min_reprojection=False)
+    torch.testing.assert_close(avg, (expected_near + expected_far) / 2)
+
+
+def test_automask_selects_identity_loss_on_static_frames():
+    target = _rand(2, 3, 12, 16, seed=4)
+    static_context = [target.clone(), target.clone()]  # the camera did not move
+    wrongly_warped = [torch.roll(target, 3, dims=-1), torch.roll(target, -2, dims=-2)]
+    loss, mask = min_reprojection_loss(target, wrongly_warped, static_context, automask=True)
+    assert mask.shape == (2, 1, 12, 16) and mask.dtype == torch.bool
+    assert not bool(mask.any()), "every pixel should be auto-masked: the identity loss (~0) wins"
+    assert loss.abs().max().item() < 1e-4  # the identity loss (0 + tie-breaking noise) is used
+
+
+def test_automask_keeps_pixels_where_the_warp_explains_the_motion():
+    target = _rand(1, 3, 12, 16, seed=5)
+    moved_context = [torch.roll(target, 4, dims=-1)]  # identity loss is large
+    perfect_warp = [target.clone()]
+    loss, mask = min_reprojection_loss(target, perfect_warp, moved_context, automask=True)
+    assert bool(mask.all())
+    assert loss.abs().max().item() < 1e-5
+
+
+def test_automask_requires_identity_images():
+    target = _rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="identity"):
+        min_reprojection_loss(target, [target], None, automask=True)
+
+
+# ----------------------------------------------------------------------------- Eq. 3
+
+def test_smoothness_is_zero_on_constant_depth():
+    image = _rand(2, 3, 10, 12, seed=6)
+    inv_depth = torch.full((2, 1, 10, 12), 0.25)
+    assert smoothness_loss(inv_depth, image).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_smoothness_penalises_depth_edges_less_across_image_edges():
+    h, w = 8, 16
+    inv_depth = torch.full((1, 1, h, w), 0.1)
+    inv_depth[..., w // 2:] = 0.5  # depth discontinuity between columns 7 and 8
+    edge_image = torch.zeros(1, 3, h, w)
+    edge_image[..., w // 2:] = 1.0  # image edge at the same place
+    flat_image = torch.full((1, 3, h, w), 0.5)
+    at_edge = smoothness_loss(inv_depth, edge_image).item()
+    in_flat = smoothness_loss(inv_depth, flat_image).item()
+    assert 0 < at_edge < in_flat
+    # by hand: d* = d / mean(d) -> jump 0.4/0.3; one jump per row among h*(w-1) x-gradients
+    jump = 0.4 / 0.3
+    assert in_flat == pytest.approx(jump * h / (h * (w - 1)), rel=1e-5)
+    assert at_edge == pytest.approx(jump * math.exp(-1.0) / (w - 1), rel=1e-5)
+
+
+def test_smoothness_is_invariant_to_inverse_depth_scale():
+    image = _rand(1, 3, 10, 12, seed=7)
+    inv_depth = _rand(1, 1, 10, 12, seed=8) + 0.1
+    torch.testing.assert_close(smoothness_loss(inv_depth, image), smoothness_loss(10 * inv_depth, image))
+
+
+# ----------------------------------------------------------------------------- velocity
+
+def test_velocity_loss_by_hand():
+    translation = torch.tensor([[[3.0, 0.0, 4.0], [0.0, 0.0, -1.0]]])  # norms 5 and 1
+    speed = torch.tensor([10.0])
+    dt = torch.tensor([[-0.4, 0.1]])  # previous and next frame; distances 4 m and 1 m
+    assert velocity_loss(translation, speed, dt).item() == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_velocity_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="dt"):
+        velocity_loss(torch.zeros(2, 2, 3), torch.ones(2), torch.ones(2, 3))
+
+
+# ----------------------------------------------------------------------------- Eq. 1 (SfmLoss)
+
+def _random_sfm_inputs(B=2, N=2, H=32, W=64, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    batch = {
+        "rgb": torch.rand(B, 3, H, W, generator=g),
+        "rgb_context": torch.rand(B, N, 3, H, W, generator=g),
+        "speed": torch.full((B,), 8.0),
+        "dt": torch.tensor([[-0.1, 0.1]]).repeat(B, 1),
+    }
+    inv_depths = [
+        (0.05 + 0.5 * torch.rand(B, 1, H // 2**s, W // 2**s, generator=g)).requires_grad_(True) for s in range(4)
+    ]
+    pose_vecs = (0.01 * torch.randn(B, N, 6, generator=g)).requires_grad_(True)
+    K = torch.tensor([[W * 0.6, 0.0, W / 2 - 0.5], [0.0, W * 0.6, H / 2 - 0.5], [0.0, 0.0, 1.0]]).repeat(B, 1, 1)
+    return batch, inv_depths, pose_vecs, K
+
+
+@pytest.mark.parametrize("upsample", [True, False])
+def test_sfm_loss_runs_and_gradients_reach_inverse_depth_and_pose(upsample):
+    from semdepth_core.config import LossConfig
+    from semdepth_core.losses.sfm import SfmLoss
+
+    batch, inv_depths, pose_vecs, K = _random_sfm_inputs()
+    cfg = LossConfig(velocity_weight=0.1, upsample_scales=upsample)
+    out = SfmLoss(cfg)(batch, inv_depths, pose_vecs, K)
+    assert set(out) == {"total", "photometric", "smoothness", "velocity", "automask_fraction"}
+    for key, value in out.items():
+        assert value.dim() == 0 and torch.isfinite(value), key
+    assert 0.0 <= out["automask_fraction"].item() <= 1.0
+    # Eq. 1 composition: total = L_p + lambda_1 L_s + w_v L_v
+    expected_total = out["photometric"] + cfg.smoothness_weight * out["smoothness"] + 0.1 * out["velocity"]
+    torch.testing.assert_close(out["total"], expected_total)
+    # velocity by hand: distance 0.8 m per context, predicted ~|t| small
+    expected_vel = (pose_vecs[..., :3].norm(dim=-1) - 0.8).abs().mean()
+    torch.testing.assert_close(out["velocity"], expected_vel)
+    out["total"].backward()
+    for s, inv in enumerate(inv_depths):
+        assert inv.grad is not None and inv.grad.abs().sum() > 0, f"no gradient at scale {s}"
+    assert pose_vecs.grad is not None and pose_vecs.grad[..., :3].abs().sum() > 0
+    assert pose_vecs.grad[..., 3:].abs().sum() > 0
+
+
+def test_sfm_loss_without_velocity_weight_ignores_speed():
+    from semdepth_core.config import LossConfig
+    from semdepth_core.losses.sfm import SfmLoss
+
+    batch, inv_depths, pose_vecs, K = _random_sfm_inputs()
+    out = SfmLoss(LossConfig())(batch, inv_depths, pose_vecs, K)
+    assert out["velocity"].item() == 0.0
+    torch.testing.assert_close(out["total"], out["photometric"] + 1e-3 * out["smoothness"])
+
+
+def test_sfm_loss_is_lower_for_the_true_depth_and_pose():
+    """A scene rendered with a known plane depth and pure forward motion: true geometry beats a wrong one."""
+    from semdepth_core.config import LossConfig
+    from semdepth_core.geometry.warp import view_synthesis
+    from semdepth_core.losses.sfm import SfmLoss
+
+    B, H, W = 1, 32, 64
+    K = torch.tensor([[[40.0, 0.0, W / 2 - 0.5], [0.0, 40.0, H / 2 - 0.5], [0.0, 0.0, 1.0]]])
+    g = torch.Generator().manual_seed(11)
+    texture = torch.nn.functional.interpolate(torch.rand(1, 3, H // 4, W // 4, generator=g), size=(H, W),
+                                              mode="bilinear", align_corners=False)
+    depth = torch.full((B, 1, H, W), 10.0)  # fronto-parallel wall
+    pose_true = torch.tensor([[[0.0, 0.0, -1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]]])
+    from semdepth_core.geometry.se3 import invert_se3, pose_vec_to_mat
+
+    # context images: the target texture seen from the context cameras (inverse warp of the texture)
+    ctx = []
+    for j in range(2):
+        T_tgt_ctx = invert_se3(pose_vec_to_mat(pose_true[:, j]))
+        depth_ctx = depth + pose_true[0, j, 2]  # wall distance from the context camera (X_ctx = X_tgt + t)
+        ctx.append(view_synthesis(texture, depth_ctx, T_tgt_ctx, K, padding_mode="border")[0])
+    batch = {"rgb": texture, "rgb_context": torch.stack(ctx, 1)}
+    cfg = LossConfig(num_scales=1, automask=False)
+    loss = SfmLoss(cfg)
+    true = loss(batch, [1.0 / depth], pose_true, K)["photometric"]
+    wrong = loss(batch, [1.0 / depth], torch.zeros_like(pose_true), K)["photometric"]
+    assert true.item() < 0.2 * wrong.item(), (true.item(), wrong.item())
