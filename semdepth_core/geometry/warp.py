@@ -1,0 +1,62 @@
+"""Differentiable view synthesis: warp a source (context) image into the target view (Eq. 1 of the paper)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .camera import backproject, project
+
+_PADDING = ("zeros", "border", "reflection")
+
+
+def pixels_to_grid(uv: torch.Tensor, W: int, H: int) -> torch.Tensor:
+    """Pixel coords uv [B,2,h,w] -> grid_sample grid [B,h,w,2] for an WxH image (align_corners=False)."""
+    x = (2.0 * uv[:, 0] + 1.0) / W - 1.0
+    y = (2.0 * uv[:, 1] + 1.0) / H - 1.0
+    return torch.stack([x, y], dim=-1)
+
+
+def view_synthesis(
+    src: torch.Tensor,
+    depth_tgt: torch.Tensor,
+    T_src_tgt: torch.Tensor,
+    K: torch.Tensor,
+    padding_mode: str = "zeros",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample src [B,C,Hs,Ws] at the reprojection of every target pixel -> (warped [B,C,H,W], valid [B,1,H,W]).
+
+    depth_tgt [B,1,H,W] and K [B,3,3] (or [1,3,3]) describe the target view at HxW; src may have another
+    resolution of the same camera (half-pixel rule). valid (float 0/1) = point in front of the source
+    camera and every bilinear tap inside the source image. Differentiable w.r.t. src, depth and pose.
+    """
+    for name, x, nd in (("src", src, 4), ("depth_tgt", depth_tgt, 4), ("T_src_tgt", T_src_tgt, 3), ("K", K, 3)):
+        if not isinstance(x, torch.Tensor) or x.ndim != nd:
+            raise ValueError(f"{name} must be a {nd}-D tensor, got {getattr(x, 'shape', type(x))}")
+    B, _, H, W = depth_tgt.shape
+    if depth_tgt.shape[1] != 1:
+        raise ValueError(f"depth_tgt must be [B,1,H,W], got {tuple(depth_tgt.shape)}")
+    if src.shape[0] != B:
+        raise ValueError(f"src batch {src.shape[0]} != depth batch {B}")
+    if T_src_tgt.shape[1:] != (4, 4) or T_src_tgt.shape[0] not in (1, B):
+        raise ValueError(f"T_src_tgt must be [B,4,4], got {tuple(T_src_tgt.shape)}")
+    if K.shape[1:] != (3, 3) or K.shape[0] not in (1, B):
+        raise ValueError(f"K must be [B,3,3], got {tuple(K.shape)}")
+    if padding_mode not in _PADDING:
+        raise ValueError(f"padding_mode must be one of {_PADDING}, got {padding_mode!r}")
+
+    dtype = depth_tgt.dtype
+    K = K.to(dtype)
+    T = T_src_tgt.to(dtype)
+    pts = backproject(depth_tgt, torch.linalg.inv(K))  # [B,3,H,W] target frame
+    pts_src = T[:, :3, :3] @ pts.reshape(B, 3, H * W) + T[:, :3, 3:4]  # [B,3,H*W] source frame
+    uv, z = project(pts_src.reshape(B, 3, H, W), K)  # pixels at the target resolution
+    grid = pixels_to_grid(uv, W, H)  # [B,H,W,2]; resolution independent
+    warped = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode=padding_mode,
+                           align_corners=False)
+    Hs, Ws = src.shape[-2:]
+    # the centres of the outermost source pixels sit at ±(1 - 1/size) in normalised coordinates
+    tol = 1e-4
+    lim = torch.tensor([1.0 - 1.0 / Ws + tol, 1.0 - 1.0 / Hs + tol], dtype=grid.dtype, device=grid.device)
+    inside = (grid.detach().abs() <= lim).all(dim=-1)[:, None]  # [B,1,H,W]
+    valid = (inside & (z.detach() > 0)).to(src.dtype)
+    return warped, valid
