@@ -1,0 +1,42 @@
+"""PyTorch eager backend (CPU or CUDA)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, depth_model: torch.nn.Module, pose_net: torch.nn.Module | None, device: str = "cpu",
+                 has_semantics: bool = False):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but torch sees no CUDA device")
+        self.depth_model = depth_model.to(self.device).eval()
+        self.pose_net = pose_net.to(self.device).eval() if pose_net is not None else None
+        self.has_semantics = bool(has_semantics)  # model.semantic.enabled of the checkpoint config
+        self.has_pose = self.pose_net is not None
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    @torch.inference_mode()
+    def run_depth(self, x: np.ndarray):
+        out = self.depth_model(self._tensor(x))
+        inv = out["inv_depths"][0][0, 0].float().cpu().numpy()
+        logits = out.get("sem_logits")
+        labels = None
+        if logits is not None:
+            labels = logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+        return inv, labels
+
+    @torch.inference_mode()
+    def run_pose(self, tgt: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        if self.pose_net is None:
+            raise RuntimeError("no pose network loaded")
+        vec = self.pose_net(self._tensor(tgt), [self._tensor(ctx)])
+        return vec.reshape(-1, 6)[0].double().cpu().numpy()

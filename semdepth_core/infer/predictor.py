@@ -1,0 +1,232 @@
+"""One inference interface over every backend: `load_predictor(...) -> Predictor`.
+
+A backend ("runner") only executes the networks on preprocessed float32 arrays; the `Predictor`
+owns the shared pre/post-processing (`processing.py`), the timings and the pose convention, so
+the torch, ONNX Runtime and TensorRT paths produce the same outputs from the same code.
+
+Pose convention (docs/architecture.md): the pose network predicts `T_ctx_tgt`, mapping points of
+the *target* frame into the *context* frame. `relative_pose(prev_rgb, rgb)` runs it with target =
+current frame and context = previous frame, so it returns `T_prev_cur`:
+`X_prev = T_prev_cur @ X_cur`, i.e. the pose of the current camera expressed in the previous
+camera's frame (driving forward => positive z translation).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from semdepth_core.config import Config
+from semdepth_core.infer import processing
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class Prediction:
+    inv_depth: np.ndarray  # [h,w] float32 at the network resolution
+    depth: np.ndarray  # [H,W] float32 at the input resolution (model units, metres if is_metric)
+    labels: np.ndarray | None  # [H,W] uint8 Cityscapes trainIds (255 = ignore) or None
+    timings: dict[str, float] = field(default_factory=dict)  # preprocess/network/postprocess ms
+
+
+class Runner(Protocol):
+    """What a backend provides. Inputs are float32 [1,3,h,w] RGB in [0,1] (numpy)."""
+
+    name: str
+    has_semantics: bool
+    has_pose: bool
+
+    def run_depth(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """-> (inverse depth [h,w] float32, argmax class indices [h,w] (any int dtype) | None)."""
+
+    def run_pose(self, tgt: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        """-> pose vector (tx,ty,tz,rx,ry,rz) of T_ctx_tgt, shape [6]."""
+
+
+class Predictor:
+    """Depth (+ semantics, + relative pose) for uint8 RGB frames through one backend runner."""
+
+    def __init__(self, runner: Runner, config: Config, net_size: tuple[int, int], checkpoint: Path | None = None):
+        self._runner = runner
+        self.config = config
+        self._w, self._h = net_size
+        self.checkpoint = checkpoint
+
+    # ------------------------------------------------------------- properties
+    @property
+    def backend_name(self) -> str:
+        return self._runner.name
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input size as (width, height) (the cv2 / resize_intrinsics order)."""
+        return self._w, self._h
+
+    @property
+    def is_metric(self) -> bool:
+        """True when the model was trained with velocity supervision (depth in metres)."""
+        return self.config.loss.velocity_weight > 0
+
+    @property
+    def has_semantics(self) -> bool:
+        return bool(self._runner.has_semantics)
+
+    @property
+    def has_pose(self) -> bool:
+        return bool(self._runner.has_pose)
+
+    @property
+    def min_depth(self) -> float:
+        return float(self.config.model.min_depth)
+
+    @property
+    def max_depth(self) -> float:
+        return float(self.config.model.max_depth)
+
+    def network_intrinsics(self, K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """Intrinsics for the network input, given K of an image of image_size=(W, H)."""
+        return processing.network_intrinsics(K, image_size, self.input_size)
+
+    # ---------------------------------------------------------------- predict
+    def predict(self, rgb: np.ndarray) -> Prediction:
+        """HxWx3 uint8 RGB -> Prediction (depth and labels at the input resolution)."""
+        t0 = time.perf_counter()
+        x = processing.preprocess(rgb, self.input_size)
+        t1 = time.perf_counter()
+        inv, labels = self._runner.run_depth(x)
+        t2 = time.perf_counter()
+        H, W = rgb.shape[:2]
+        inv, depth, lab = processing.postprocess(inv, labels, (W, H), self.min_depth, self.max_depth)
+        t3 = time.perf_counter()
+        return Prediction(inv, depth, lab, {
+            "preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
+
+    def relative_pose(self, prev_rgb: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """4x4 float64 `T_prev_cur` (maps current-frame points into the previous frame).
+
+        The pose network runs with target = `rgb` (current) and context = `prev_rgb`; its output
+        T_ctx_tgt is exactly T_prev_cur. Translation is in model units (see `is_metric`).
+        """
+        if not self.has_pose:
+            raise RuntimeError(f"{self.checkpoint}: the checkpoint has no pose network; relative_pose is unavailable")
+        if prev_rgb.shape != rgb.shape:
+            raise ValueError(f"prev_rgb {prev_rgb.shape} and rgb {rgb.shape} must have the same shape")
+        tgt = processing.preprocess(rgb, self.input_size)
+        ctx = processing.preprocess(prev_rgb, self.input_size)
+        vec = np.asarray(self._runner.run_pose(tgt, ctx), np.float64).reshape(-1)
+        if vec.shape != (6,):
+            raise RuntimeError(f"pose backend returned shape {vec.shape}, expected 6 values")
+        return pose_vec_to_mat_np(vec)
+
+    def close(self) -> None:
+        close = getattr(self._runner, "close", None)
+        if close is not None:
+            close()
+
+    def __repr__(self) -> str:
+        return (f"Predictor(backend={self.backend_name!r}, input_size={self.input_size}, "
+                f"metric={self.is_metric}, semantics={self.has_semantics}, pose={self.has_pose})")
+
+
+def pose_vec_to_mat_np(vec: np.ndarray) -> np.ndarray:
+    """(tx,ty,tz,rx,ry,rz) axis-angle -> 4x4 float64 via the shared geometry code."""
+    import torch
+
+    from semdepth_core.geometry.se3 import pose_vec_to_mat
+
+    T = pose_vec_to_mat(torch.as_tensor(vec, dtype=torch.float64).reshape(1, 6))[0]
+    return T.numpy().astype(np.float64)
+
+
+# ------------------------------------------------------------------------------- backends
+
+def tensorrt_available() -> tuple[bool, str]:
+    """(usable, reason): TensorRT importable and a CUDA device visible to torch."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising OSError
+        return False, f"TensorRT is not importable ({type(exc).__name__}: {exc})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    return True, "ok"
+
+
+# Default CPU backend for `auto`, decided by benchmarks/backends.py (see resolve_backend).
+CPU_DEFAULT_BACKEND = "torch"
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """Which concrete backend `backend` means on `device`.
+
+    * explicit names are returned as is;
+    * "auto" on a CUDA device: "tensorrt" when TensorRT is importable, else "torch" on CUDA;
+    * "auto" on the CPU: CPU_DEFAULT_BACKEND, the faster CPU backend as measured by
+      benchmarks/backends.py at 640x192 (numbers in benchmarks/results/backends.json).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if str(device).startswith("cuda"):
+        ok, _ = tensorrt_available()
+        return "tensorrt" if ok else "torch"
+    return CPU_DEFAULT_BACKEND
+
+
+def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = "cpu",
+                   height: int | None = None, width: int | None = None,
+                   onnx_path: str | Path | None = None, engine_cache_dir: str | Path | None = None) -> Predictor:
+    """Build a Predictor for `checkpoint` on `backend`.
+
+    height/width: network input size (default: the checkpoint config's data.height/width; must be
+    multiples of 32). onnx_path: for onnxruntime/tensorrt, an exported depth graph to use (its pose
+    graph is expected beside it as `<stem>.pose.onnx`); when None the graphs are exported into a
+    cache (engine_cache_dir, or $SEMDEPTH_CACHE, or ~/.cache/semdepth) keyed by the checkpoint hash.
+    engine_cache_dir: also where TensorRT engines are cached.
+
+    "tensorrt" falls back to "onnxruntime" with a WARNING when TensorRT is unusable or the
+    engine build fails. Raises CheckpointError for a bad checkpoint.
+    """
+    from semdepth_core.infer.loading import load_models
+
+    name = resolve_backend(backend, device)
+    models = load_models(checkpoint, "cpu" if name != "torch" else device)
+    cfg = models.config
+    h = height if height is not None else cfg.data.height
+    w = width if width is not None else cfg.data.width
+    h, w = processing.check_network_size(h, w)
+
+    if name == "tensorrt":
+        from semdepth_core.infer.backends.tensorrt_backend import TensorRTRunner
+
+        ok, reason = tensorrt_available()
+        if ok:
+            try:
+                runner = TensorRTRunner.create(models, (w, h), device=device if str(device).startswith("cuda") else "cuda",
+                                               onnx_path=onnx_path, cache_dir=engine_cache_dir)
+                return Predictor(runner, cfg, (w, h), models.checkpoint_path)
+            except Exception as exc:  # build/plugin/runtime failure: degrade, loudly
+                reason = f"TensorRT engine build/load failed ({type(exc).__name__}: {exc})"
+        log.warning("WARNING: backend 'tensorrt' unavailable: %s; falling back to 'onnxruntime'", reason)
+        name = "onnxruntime"
+
+    if name == "onnxruntime":
+        from semdepth_core.infer.backends.onnxruntime_backend import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner.create(models, (w, h), device=device, onnx_path=onnx_path,
+                                          cache_dir=engine_cache_dir)
+    else:
+        from semdepth_core.infer.backends.torch_backend import TorchRunner
+
+        runner = TorchRunner(models.depth_model, models.pose_net, device=device,
+                             has_semantics=cfg.model.semantic.enabled)
+    return Predictor(runner, cfg, (w, h), models.checkpoint_path)
