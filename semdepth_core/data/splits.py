@@ -87,6 +87,8 @@ def format_split_line(ref: SampleRef, fmt: str = "zhou") -> str:
 
 def write_split_file(path: str | Path, refs: Iterable[SampleRef], fmt: str = "zhou") -> None:
     """Write refs one per line in `fmt` ('zhou' or 'eigen'), atomically (temp file + os.replace)."""
+    if fmt not in ("zhou", "eigen"):
+        raise ValueError(f"split format must be 'zhou' or 'eigen', got {fmt!r}")
     path = Path(path)
     text = "".join(format_split_line(SampleRef(*r), fmt) + "\n" for r in refs)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
