@@ -145,3 +145,27 @@ def test_camera_height_scale_recovers_known_scale(s):
     assert scale == pytest.approx(s, rel=1e-6)
     with pytest.raises(ValueError, match="known_height"):
         camera_height_scale(depth_units, K, known_height=0)
+
+
+def test_real_kitti_lidar_ground_plane(kitti_root, kitti_drive_dir):
+    """Real Velodyne GT of KITTI frame 0: road ~1.65 m below the camera, nothing below ground."""
+    from semdepth_core.data.kitti import KittiCalib, load_velodyne, velodyne_depth
+
+    calib = KittiCalib.from_date_dir(kitti_root / "2011_09_26")
+    depth = velodyne_depth(load_velodyne(kitti_drive_dir / "velodyne_points" / "data" / "0000000000.bin"), calib)
+    Kr = calib.K(2)
+    res = below_ground_count(depth, Kr, margin=0.5)
+    assert res.ok and res.count == 0
+    assert res.d == pytest.approx(1.65, abs=0.05)  # KITTI camera mounting height
+    assert res.normal[1] < -0.99  # near-vertical, pointing up (towards the camera)
+    # model-unit depth (metric / 2.5) is rescaled back to metric by the known mounting height
+    assert camera_height_scale(depth / 2.5, Kr, known_height=res.d) == pytest.approx(2.5, rel=0.02)
+    # simulated infinite-depth hole: valid LiDAR pixels of a lower-image block pushed to 200 m
+    hole = np.zeros(depth.shape, bool)
+    hole[250:, 500:700] = True
+    hole &= depth > 0
+    bad = depth.copy()
+    bad[hole] = 200.0
+    res_bad = below_ground_count(bad, Kr, margin=0.5)
+    assert res_bad.count == hole.sum() > 1000
+    assert np.array_equal(res_bad.below_mask, hole)

@@ -211,8 +211,8 @@ def camera_height_scale(
 ) -> float:
     """Scale s such that s*depth puts the fitted ground plane known_height (m) below the camera.
 
-    Depth may be in arbitrary units, so max_range defaults to no limit and threshold to 3% of the
-    median fit-point depth.
+    Depth may be in arbitrary units, so max_range defaults to no limit and threshold to 0.5% of the
+    median fit-point depth (5 cm at 10 m).
     """
     if not known_height > 0:
         raise ValueError(f"known_height must be > 0, got {known_height}")
@@ -224,7 +224,7 @@ def camera_height_scale(
     if cand.shape[0] > max_fit_points:
         cand = cand[rng.choice(cand.shape[0], size=max_fit_points, replace=False)]
     if threshold is None:
-        threshold = 0.03 * float(np.median(cand[:, 2]))
+        threshold = 0.005 * float(np.median(cand[:, 2]))
     _, d, _ = fit_plane_ransac(cand, iterations, threshold, rng, axis=(0.0, 1.0, 0.0),
                                max_angle_deg=max_tilt_deg)
     if not d > 1e-9:
