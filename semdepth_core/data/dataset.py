@@ -68,32 +68,27 @@ def adjust_saturation(img: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """[...,3,H,W] RGB in [0,1] -> HSV with hue in turns [0,1)."""
     r, g, b = img.unbind(-3)
-    maxc, _ = img.max(dim=-3)
-    minc, _ = img.min(dim=-3)
+    maxc = img.amax(dim=-3)
+    minc = img.amin(dim=-3)
     delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    s = delta / maxc.clamp_min(1e-12)
     safe = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h = torch.remainder(h * (1.0 / 6.0), 1.0) * (delta > 0)
     return torch.stack([h, s, maxc], dim=-3)
 
 
+_HSV_N = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
+
+
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Closed form: channel n in (5, 3, 1) for (R, G, B) = v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6."""
     h, s, v = hsv.unbind(-3)
-    h6 = torch.remainder(h, 1.0) * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long() % 6
-    p = v * (1 - s)
-    q = v * (1 - s * f)
-    t = v * (1 - s * (1 - f))
-    # sector i -> (r, g, b): 0 (v,t,p) 1 (q,v,p) 2 (p,v,t) 3 (p,q,v) 4 (t,p,v) 5 (v,p,q)
-    cand = torch.stack([v, q, p, t], dim=-3)  # index 0=v 1=q 2=p 3=t
-    table = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=hsv.device)
-    idx = table[i].movedim(-1, -3)  # [...,3,H,W]
-    return torch.gather(cand, -3, idx)
+    k = torch.remainder(_HSV_N.to(hsv) + (6.0 * h).unsqueeze(-3), 6.0)
+    w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return v.unsqueeze(-3) * (1.0 - s.unsqueeze(-3) * w)
 
 
 def adjust_hue(img: torch.Tensor, shift: float) -> torch.Tensor:
