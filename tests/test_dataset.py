@@ -247,3 +247,14 @@ def test_image_size_must_match_calibration(dense_root, tmp_path):
     cv2.imwrite(str(img), np.zeros((30, 64, 3), np.uint8))
     with pytest.raises(KittiFormatError, match="0000000004.png: image is 64x30 but S_rect_02"):
         KittiDataset(root, height=16, width=32).load(0)
+
+
+def test_augment_from_mapping(kitti_root, plain):
+    """A plain dict (parsed YAML) configures augmentation as well as AugmentConfig does."""
+    ds = KittiDataset(kitti_root, augment={"flip": False, "brightness": 0.5}, with_gt=False)
+    torch.manual_seed(0)
+    for _ in range(2):
+        it = ds[0]
+        assert torch.equal(it["K"], plain["K"]) and torch.equal(it["rgb"], plain["rgb"])  # never flipped
+        ratio = it["rgb_aug"].sum() / it["rgb"].sum()
+        assert 0.5 <= float(ratio) <= 1.5 and abs(float(ratio) - 1.0) > 1e-4

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -120,14 +120,20 @@ class JitterParams:
         return out
 
 
+def _aug_value(augment: Any, name: str, default: float) -> Any:
+    """Field of an AugmentConfig-like object or of a plain mapping (e.g. parsed YAML)."""
+    if isinstance(augment, Mapping):
+        return augment.get(name, default)
+    return getattr(augment, name, default)
+
+
 def _uniform(lo: float, hi: float) -> float:
     return float(lo + (hi - lo) * torch.rand(()).item())
 
 
 def sample_jitter(augment: Any) -> JitterParams:
     """Random factors from an AugmentConfig-like object (brightness/contrast/saturation/hue ranges)."""
-    b, c, s = (float(getattr(augment, k, 0.0)) for k in ("brightness", "contrast", "saturation"))
-    h = float(getattr(augment, "hue", 0.0))
+    b, c, s, h = (float(_aug_value(augment, k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue"))
     if min(b, c, s, h) < 0 or h > 0.5:
         raise ValueError(f"jitter ranges must be >= 0 (hue <= 0.5), got b={b} c={c} s={s} h={h}")
     return JitterParams(
@@ -209,10 +215,10 @@ class KittiDataset(Dataset):
         """(flip, jitter) drawn with torch's RNG (seeded per DataLoader worker)."""
         if not self.training or self.augment is None:
             return False, None
-        flip = bool(getattr(self.augment, "flip", True)) and \
-            torch.rand(()).item() < float(getattr(self.augment, "flip_prob", 0.5))
+        flip = bool(_aug_value(self.augment, "flip", True)) and \
+            torch.rand(()).item() < float(_aug_value(self.augment, "flip_prob", 0.5))
         jitter = None
-        if torch.rand(()).item() < float(getattr(self.augment, "jitter_prob", 1.0)):
+        if torch.rand(()).item() < float(_aug_value(self.augment, "jitter_prob", 1.0)):
             jitter = sample_jitter(self.augment)
         return flip, jitter
 
