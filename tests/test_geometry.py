@@ -1,6 +1,8 @@
 """Geometry: intrinsics half-pixel rule, (back-)projection, SE(3), view synthesis."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -289,3 +291,23 @@ def test_view_synthesis_rejects_bad_input():
         view_synthesis(src, depth, T, K, padding_mode="wrap")
     with pytest.raises(ValueError, match="batch"):
         view_synthesis(torch.rand(2, 3, 8, 8), depth, T, K)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_floats = st.floats(-3.0, 3.0, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(_floats, _floats, _floats, _floats, _floats, _floats))
+def test_pose_vec_round_trip_property(v):
+    vec = torch.tensor([v], dtype=torch.float64)
+    T = pose_vec_to_mat(vec)
+    torch.testing.assert_close(invert_se3(invert_se3(T)), T)
+    R = T[0, :3, :3]
+    torch.testing.assert_close(R @ R.T, torch.eye(3, dtype=torch.float64))
+    # angle in [0, pi] after the round trip, and the same rotation
+    aa = matrix_to_axis_angle(R)
+    assert aa.norm().item() <= math.pi + 1e-9
+    torch.testing.assert_close(axis_angle_to_matrix(aa), R, atol=1e-7, rtol=0)

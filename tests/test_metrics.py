@@ -216,3 +216,34 @@ def test_format_metrics_table():
     assert "infinite depth" in txt and "ratio" in txt
     with pytest.raises(ValueError, match="abs_rel"):
         format_metrics_table({})
+
+
+def test_upsample_depth_2d_torch_matches_numpy():
+    rng = np.random.default_rng(7)
+    d = rng.uniform(1, 50, size=(6, 20)).astype(np.float32)
+    up_t = upsample_depth(torch.tensor(d), (24, 62))
+    assert up_t.shape == (24, 62)
+    np.testing.assert_allclose(up_t.numpy(), upsample_depth(d, (24, 62)), rtol=1e-4)
+
+
+def test_real_kitti_lidar_gt_protocol(kitti_root, kitti_drive_dir):
+    """Real 1242x375 Velodyne GT: crop/valid pixel count and exact recovery of a scaled prediction."""
+    from semdepth_core.data.kitti import KittiCalib, load_velodyne, velodyne_depth
+
+    calib = KittiCalib.from_date_dir(kitti_root / "2011_09_26")
+    gt = velodyne_depth(load_velodyne(kitti_drive_dir / "velodyne_points" / "data" / "0000000000.bin"), calib)
+    H, W = gt.shape
+    expected_px = int(((gt > 1e-3) & (gt < 80.0) & garg_crop_mask(H, W)).sum())
+    assert 5000 < expected_px < int((gt > 0).sum())  # the crop drops some LiDAR pixels
+    # dense "prediction": GT / 3 where valid and a constant 5 m elsewhere
+    pred = np.where(gt > 0, gt / 3.0, 5.0).astype(np.float32)
+    m = compute_depth_metrics(gt, pred)
+    assert m["num_pixels"] == expected_px
+    assert m["ratio"] == pytest.approx(3.0, rel=1e-5) and m["abs_rel"] < 1e-6 and m["a1"] == 1.0
+    acc = MetricAccumulator()
+    acc.add(gt, pred, dynamic=np.ones_like(gt, dtype=bool))
+    s = acc.summary()
+    assert s["infinite_depth_fraction"] == 0.0 and s["dynamic_pixels"] == expected_px
+    half = upsample_depth(pred[::2, ::2].copy(), (H, W))
+    m_half = compute_depth_metrics(gt, half)
+    assert 0 < m_half["abs_rel"] < 0.5 and m_half["num_pixels"] == expected_px
