@@ -1,0 +1,667 @@
+"""Self-supervised training of the depth and pose networks (paper §3 Eq. 1, protocol of §5.2).
+
+    python -m training.train --config training/configs/NAME.yaml [--set key=value ...]
+                             [--resume CKPT|auto] [--device cpu|cuda|auto]
+    torchrun --nproc_per_node 2 -m training.train --config ...   # DistributedDataParallel
+
+Outputs under `train.out_dir/train.name/`: `last.ckpt`, `best.ckpt` (by val abs_rel), `log.jsonl`
+(one line per step), `config.yaml`, `tb/` (TensorBoard). `--resume` continues exactly: model,
+optimiser, scheduler, step counters, position inside the epoch and every RNG state are restored.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
+
+from semdepth_core.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
+from semdepth_core.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+    save_config,
+)
+from semdepth_core.data.dataset import collate
+from semdepth_core.losses.sfm import SfmLoss
+from semdepth_core.paths import REPO_ROOT
+
+LOSS_KEYS = ("total", "photometric", "smoothness", "velocity", "automask_fraction")
+
+
+# ============================================================================ small utilities
+
+def resolve_path(path: str) -> Path:
+    """Config paths are relative to the repository root unless absolute."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda requested but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def rng_state() -> dict:
+    """Every RNG state as checkpoint-safe (weights_only) values: tensors, ints and lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def preserved_rng():
+    """Run a block without disturbing the global torch/numpy/python RNG streams."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def colorize_inv_depth(inv_depth: torch.Tensor) -> np.ndarray:
+    """[1,h,w] inverse depth -> HxWx3 uint8 (magma, near = bright), normalised by its 95th percentile."""
+    from semdepth_core.viz import colorize
+
+    v = inv_depth.detach().float().cpu().numpy()[0]
+    return colorize(v, 0.0, float(np.percentile(v, 95)) + 1e-8, "magma")
+
+
+# ============================================================================ data
+
+class SeededItems(Dataset):
+    """Makes each item's random augmentation a function of (seed, epoch, index) only.
+
+    This keeps a resumed run bit-identical to an uninterrupted one whatever the number of workers
+    or where the epoch was interrupted; the global RNG streams are left untouched.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**31
+        with preserved_rng():
+            seed_everything(item_seed)
+            return self.dataset[index]
+
+
+class SkipSampler(Sampler):
+    """Wraps a DistributedSampler and drops its first `skip` indices (resuming inside an epoch)."""
+
+    def __init__(self, base: DistributedSampler):
+        self.base, self.skip = base, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.base.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(self.base)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)
+
+
+def synthetic_drive_root(cfg: Config, seed: int) -> Path:
+    """Generate (once) the synthetic drive `seed` into its own KITTI-format root under cache_dir."""
+    from semdepth_core.data.synthetic import generate_drive
+
+    s = cfg.data.synthetic
+    lead = s.lead_car or seed in s.lead_car_seeds
+    key = f"seed{seed}_{s.render_width}x{s.render_height}_f{s.frames}_v{s.speed:g}_lead{int(lead)}"
+    root = resolve_path(s.cache_dir) / key
+    marker = root / ".complete"
+    if marker.is_file():
+        return root
+    if root.exists():  # an interrupted generation: start over
+        shutil.rmtree(root)
+    tmp = root.with_name(f".{key}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    generate_drive(tmp, frames=s.frames, seed=seed, width=s.render_width, height=s.render_height,
+                   lead_car=lead, speed=s.speed)
+    (tmp / ".complete").write_text("ok\n")
+    os.replace(tmp, root)
+    return root
+
+
+def make_kitti_dataset(cfg: Config, root: Path, split: str, training: bool, with_gt: bool):
+    from semdepth_core.data.dataset import KittiDataset
+    from semdepth_core.data.splits import read_split_file
+
+    if not root.is_dir():
+        raise SystemExit(f"error: data root {root} does not exist")
+    refs = read_split_file(resolve_path(split)) if split else None
+    return KittiDataset(
+        root, refs=refs, height=cfg.data.height, width=cfg.data.width, context=list(cfg.data.context),
+        augment=cfg.data.augment if training else None, with_gt=with_gt, gt_source=cfg.data.gt_source,
+        training=training,
+    )
+
+
+def build_datasets(cfg: Config, rank: int, world: int):
+    """(train dataset, val dataset or None); synthetic drives are generated by rank 0 first."""
+    if cfg.data.kind == "synthetic":
+        seeds = list(cfg.data.synthetic.train_seeds) + list(cfg.data.synthetic.val_seeds)
+        if set(cfg.data.synthetic.train_seeds) & set(cfg.data.synthetic.val_seeds):
+            raise ConfigError("data.synthetic.val_seeds: must not overlap train_seeds")
+        if rank == 0:
+            for seed in seeds:
+                synthetic_drive_root(cfg, seed)
+        if world > 1:
+            dist.barrier()
+        train = ConcatDataset([
+            make_kitti_dataset(cfg, synthetic_drive_root(cfg, s), "", training=True, with_gt=False)
+            for s in cfg.data.synthetic.train_seeds
+        ])
+        vals = [make_kitti_dataset(cfg, synthetic_drive_root(cfg, s), "", training=False, with_gt=True)
+                for s in cfg.data.synthetic.val_seeds]
+        return train, (ConcatDataset(vals) if vals else None)
+
+    if not cfg.data.root:
+        raise ConfigError("data.root: required for data.kind: kitti")
+    root = resolve_path(cfg.data.root)
+    train = make_kitti_dataset(cfg, root, cfg.data.train_split, training=True, with_gt=False)
+    val = None
+    if cfg.data.val_split:
+        val_root = resolve_path(cfg.data.val_root) if cfg.data.val_root else root
+        val = make_kitti_dataset(cfg, val_root, cfg.data.val_split, training=False, with_gt=True)
+    return train, val
+
+
+def resolved_model_config(cfg: Config):
+    """cfg.model with weight paths made absolute (config paths are relative to the repository)."""
+    m = copy.deepcopy(cfg.model)
+    for obj, attr in ((m, "pretrained"), (m, "pose_pretrained"), (m.semantic, "weights"),
+                      (m.semantic, "pretrained_backbone")):
+        if getattr(obj, attr):
+            setattr(obj, attr, str(resolve_path(getattr(obj, attr))))
+    return m
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+# ============================================================================ trainer
+
+class Trainer:
+    """Owns models, optimiser, data and logging; `fit()` runs epochs until done or a budget ends."""
+
+    def __init__(self, cfg: Config, device: torch.device, rank: int = 0, world: int = 1,
+                 resume: dict | None = None):
+        from semdepth_core.nets.model import build_models
+
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
+        self.is_main = rank == 0
+        self.run_dir = resolve_path(cfg.train.out_dir) / cfg.train.name
+
+        seed_everything(cfg.train.seed)  # same initial weights on every process
+        try:
+            self.depth_model, self.pose_net = build_models(resolved_model_config(cfg), len(cfg.data.context))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+        self.depth_model.to(device)
+        self.pose_net.to(device)
+        self.loss_fn = SfmLoss(cfg.loss)
+
+        depth_params = [p for p in self.depth_model.depth_parameters() if p.requires_grad]
+        pose_params = [p for p in self.pose_net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            [{"params": depth_params, "lr": cfg.optim.depth_lr, "name": "depth"},
+             {"params": pose_params, "lr": cfg.optim.pose_lr, "name": "pose"}],
+            weight_decay=cfg.optim.weight_decay,
+        )
+        # §5.2: learning rates halved every step_epochs epochs
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.optim.step_epochs, cfg.optim.gamma)
+
+        self.depth_ddp, self.pose_ddp = self.depth_model, self.pose_net
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            unused = cfg.loss.num_scales < 4 or cfg.model.semantic.finetune
+            self.depth_ddp = DDP(self.depth_model, device_ids=ids, find_unused_parameters=unused)
+            self.pose_ddp = DDP(self.pose_net, device_ids=ids)
+
+        train_ds, val_ds = build_datasets(cfg, rank, world)
+        self.train_items = SeededItems(train_ds, cfg.train.seed)
+        self.sampler = SkipSampler(DistributedSampler(self.train_items, num_replicas=world, rank=rank,
+                                                      shuffle=True, seed=cfg.train.seed))
+        if len(self.sampler.base) < cfg.data.batch_size:
+            raise ConfigError(
+                f"data.batch_size: {cfg.data.batch_size} exceeds the {len(self.sampler.base)} training samples "
+                f"per process ({len(train_ds)} in total)")
+        self.loader = DataLoader(self.train_items, batch_size=cfg.data.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.data.num_workers, drop_last=True, collate_fn=collate,
+                                 pin_memory=device.type == "cuda", persistent_workers=False)
+        self.val_loader = None
+        if val_ds is not None and self.is_main:
+            self.val_loader = DataLoader(val_ds, batch_size=cfg.data.val_batch_size, shuffle=False,
+                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+
+        full = len(self.sampler.base) // cfg.data.batch_size
+        self.steps_per_epoch = min(full, cfg.train.steps_per_epoch) if cfg.train.steps_per_epoch > 0 else full
+
+        self.epoch, self.global_step, self.batch_in_epoch = 0, 0, 0
+        self.best_abs_rel = math.inf
+        self.skipped_steps = 0
+        self.stop_reason = ""
+        if resume is not None:
+            self._load_state(resume)
+
+        self.writer = None
+        self.log_file = None
+        if self.is_main:
+            self._open_logs(resumed=resume is not None)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {
+            "config": config_to_dict(self.cfg),
+            "depth_model": self.depth_model.state_dict(),
+            "pose_net": self.pose_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_abs_rel": self.best_abs_rel,
+            "skipped_steps": self.skipped_steps,
+            "world_size": self.world,
+            "rng": rng_state(),
+        }
+
+    def _load_state(self, ckpt: dict) -> None:
+        load_state_dict_checked(self.depth_model, ckpt["depth_model"], "depth_model")
+        load_state_dict_checked(self.pose_net, ckpt["pose_net"], "pose_net")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        self.best_abs_rel = float(ckpt["best_abs_rel"])
+        self.skipped_steps = int(ckpt["skipped_steps"])
+        if int(ckpt.get("world_size", 1)) != self.world:
+            print(f"warning: checkpoint was written with {ckpt.get('world_size')} processes, resuming with "
+                  f"{self.world}: data order will differ from an uninterrupted run", file=sys.stderr)
+        set_rng_state(ckpt["rng"])
+
+    def save(self, name: str) -> None:
+        if self.is_main:
+            save_checkpoint(self.run_dir / name, self.state_dict())
+
+    # ---------------------------------------------------------------- logging
+    def _open_logs(self, resumed: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        log_path = self.run_dir / "log.jsonl"
+        if resumed and log_path.exists():
+            # drop entries written after the checkpoint by the interrupted run: they are redone now
+            kept = [line for line in log_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
+            tmp = log_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, log_path)
+        elif log_path.exists():
+            log_path.unlink()
+        self.log_file = open(log_path, "a", buffering=1)
+        if self.cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.global_step + 1)
+
+    def log(self, record: dict) -> None:
+        if self.log_file is not None:
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+            self.log_file.write(json.dumps(clean) + "\n")
+
+    def close(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, batch: dict) -> tuple[dict[str, float], bool, dict]:
+        """Forward both networks on the augmented images, Eq. 1 on the originals, one Adam step."""
+        batch = to_device(batch, self.device)
+        rgb_aug = batch["rgb_aug"]  # [B,3,H,W]
+        ctx_aug = batch["rgb_context_aug"]  # [B,N,3,H,W]
+        outputs = self.depth_ddp(rgb_aug)
+        pose_vecs = self.pose_ddp(rgb_aug, [ctx_aug[:, j] for j in range(ctx_aug.shape[1])])  # [B,N,6]
+        losses = self.loss_fn(batch, outputs["inv_depths"], pose_vecs, batch["K"])
+
+        finite = torch.isfinite(losses["total"]).to(torch.float32)
+        if self.world > 1:  # every process must agree, or the gradient all-reduce would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        ok = bool(finite.item() > 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        if ok:
+            losses["total"].backward()
+            if self.cfg.optim.grad_clip > 0:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            self.optimizer.step()
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        return values, ok, {"inv_depth": outputs["inv_depths"][0][:1].detach(), "rgb": batch["rgb"][:1]}
+
+    # ---------------------------------------------------------------- loops
+    def _budget_exhausted(self, start_time: float) -> bool:
+        """max_steps / max_minutes reached (decided on rank 0 and shared, so every process stops together)."""
+        t = self.cfg.train
+        stop = 0
+        if t.max_steps > 0 and self.global_step >= t.max_steps:
+            stop, self.stop_reason = 1, f"train.max_steps={t.max_steps} reached"
+        elif t.max_minutes > 0 and (time.monotonic() - start_time) / 60.0 >= t.max_minutes:
+            stop, self.stop_reason = 2, f"train.max_minutes={t.max_minutes:g} reached"
+        if self.world > 1:
+            flag = torch.tensor([stop], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(flag, src=0)
+            stop = int(flag.item())
+            if stop and not self.stop_reason:
+                self.stop_reason = "budget reached on rank 0"
+        return stop > 0
+
+    def train_epoch(self, start_time: float) -> bool:
+        """Train from batch_in_epoch to the end of the epoch; False if a budget stopped it early."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.train_items.set_epoch(self.epoch)
+        skip = self.batch_in_epoch * cfg.data.batch_size
+        self.sampler.set_epoch(self.epoch, skip)
+        remaining = self.steps_per_epoch - self.batch_in_epoch
+        self.depth_model.train()
+        self.pose_net.train()
+        bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.is_main,
+                   desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True, leave=False)
+        images_per_batch = cfg.data.batch_size * self.world
+        t_last = time.perf_counter()
+        for i, batch in enumerate(self.loader):
+            if i >= remaining:
+                break
+            values, ok, sample = self.train_step(batch)
+            now = time.perf_counter()
+            ips = images_per_batch / max(now - t_last, 1e-9)
+            t_last = now
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            if not ok:
+                self.skipped_steps += 1
+            record = {"step": self.global_step, "epoch": self.epoch, **values,
+                      "lr_depth": self.optimizer.param_groups[0]["lr"],
+                      "lr_pose": self.optimizer.param_groups[1]["lr"], "images_per_s": ips}
+            if not ok:
+                record.update(skipped=True, reason="non-finite loss", skipped_steps=self.skipped_steps)
+                if self.is_main:
+                    print(f"warning: step {self.global_step}: non-finite loss {values['total']}, "
+                          f"optimizer step skipped ({self.skipped_steps} so far)", file=sys.stderr)
+            if self.is_main:
+                self.log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['total']:.4f}", img_s=f"{ips:.1f}")
+                self._tensorboard(values, ok, ips, sample)
+            every = cfg.train.checkpoint_every_steps
+            if every > 0 and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                self.save("last.ckpt")
+            if self._budget_exhausted(start_time):
+                bar.close()
+                return False
+        bar.close()
+        return True
+
+    def _tensorboard(self, values: dict, ok: bool, ips: float, sample: dict) -> None:
+        if self.writer is None:
+            return
+        step = self.global_step
+        if step % max(self.cfg.train.log_every, 1) == 0 or step == 1:
+            for k, v in values.items():
+                if math.isfinite(v):
+                    self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/images_per_s", ips, step)
+            self.writer.add_scalar("train/lr_depth", self.optimizer.param_groups[0]["lr"], step)
+            self.writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
+        if self.cfg.train.image_every > 0 and (step % self.cfg.train.image_every == 0 or step == 1):
+            self.writer.add_image("train/rgb", sample["rgb"][0].clamp(0, 1).cpu(), step)
+            self.writer.add_image("train/inv_depth", colorize_inv_depth(sample["inv_depth"][0]), step,
+                                  dataformats="HWC")
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """KITTI metrics (median-scaled and unscaled) on the validation set, rank 0 only."""
+        if self.val_loader is None:
+            return None
+        from semdepth_core.eval.metrics import MetricAccumulator, upsample_depth
+
+        self.depth_model.eval()
+        scaled = MetricAccumulator(median_scaling=True)
+        unscaled = MetricAccumulator(median_scaling=False)
+        skipped = 0
+        with preserved_rng():
+            for batch in self.val_loader:
+                inv = self.depth_model(batch["rgb"].to(self.device))["inv_depths"][0]  # [B,1,H,W]
+                for b in range(inv.shape[0]):
+                    gt = batch["depth_gt"][b][0]  # [H0,W0] (a list when sizes differ)
+                    pred = upsample_depth(1.0 / inv[b, 0].clamp(min=1e-6).cpu(), tuple(gt.shape))
+                    try:
+                        scaled.add(gt, pred)
+                        unscaled.add(gt, pred)
+                    except ValueError:  # e.g. no valid GT pixel inside the crop
+                        skipped += 1
+        self.depth_model.train()
+        if len(scaled) == 0:
+            print(f"warning: validation skipped: no frame had valid ground truth ({skipped} frames)", file=sys.stderr)
+            return None
+        out = scaled.summary()
+        out["unscaled"] = {k: v for k, v in unscaled.summary().items() if isinstance(v, float)}
+        return out
+
+    def fit(self) -> str:
+        cfg = self.cfg
+        start_time = time.monotonic()
+        finished = True
+        try:
+            if self._budget_exhausted(start_time):  # e.g. resumed at max_steps
+                finished = False
+            while finished and self.epoch < cfg.train.epochs:
+                if not self.train_epoch(start_time):
+                    finished = False
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.scheduler.step()
+                if self.epoch % cfg.train.val_every_epochs == 0 or self.epoch == cfg.train.epochs:
+                    self._validate_and_track()
+                self.save("last.ckpt")
+                if self._budget_exhausted(start_time) and self.epoch < cfg.train.epochs:
+                    finished = False
+                    break
+            if not finished:
+                self.save("last.ckpt")
+                message = f"stopped: {self.stop_reason} at step {self.global_step}; checkpoint {self.run_dir / 'last.ckpt'}"
+            else:
+                message = f"finished {cfg.train.epochs} epochs ({self.global_step} steps)"
+            if self.skipped_steps:
+                message += f"; {self.skipped_steps} steps skipped for non-finite loss"
+            if self.is_main:
+                print(message)
+                self.log({"step": self.global_step, "event": "stop" if not finished else "done", "message": message})
+            return message
+        finally:
+            self.close()
+
+    def _validate_and_track(self) -> None:
+        metrics = self.validate() if self.is_main else None
+        if metrics is None:
+            return
+        from semdepth_core.eval.metrics import format_metrics_table
+
+        print(f"epoch {self.epoch}: validation (median-scaled)\n{format_metrics_table(metrics)}\n"
+              f"unscaled: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics["unscaled"].items()))
+        self.log({"step": self.global_step, "epoch": self.epoch, "val": metrics})
+        if self.writer is not None:
+            for prefix, values in (("val", metrics), ("val_unscaled", metrics["unscaled"])):
+                for k, v in values.items():
+                    if isinstance(v, float) and math.isfinite(v):
+                        self.writer.add_scalar(f"{prefix}/{k}", v, self.global_step)
+        if metrics.get("abs_rel", math.inf) < self.best_abs_rel:
+            self.best_abs_rel = metrics["abs_rel"]
+            self.save("best.ckpt")
+
+
+# ============================================================================ CLI
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML config (training/configs/*.yaml); optional with --resume CKPT")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.depth_lr=1e-4 (repeatable)")
+    p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for OUT_DIR/NAME/last.ckpt if present")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides train.device")
+    return p.parse_args(argv)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail early, with the path in the message, if outputs cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(f"error: output directory {run_dir} is not writable ({exc.strerror or exc})") from exc
+
+
+def setup_distributed(device_name: str) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, local_rank
+
+
+def config_with_overrides(data: dict, overrides: list[str]) -> Config:
+    """A checkpoint's embedded config with `key.sub=value` overrides applied, validated."""
+    data = json.loads(json.dumps(data))  # deep copy
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: unknown key")
+        node[parts[-1]] = value
+    return config_from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    resume_ckpt = None
+    try:
+        if args.config:
+            cfg = load_config(args.config, args.overrides)
+        elif args.resume and args.resume != "auto":
+            cfg = config_with_overrides(load_checkpoint(args.resume)["config"], args.overrides)
+        else:
+            raise SystemExit("error: --config is required (or --resume CKPT to continue with its config)")
+        if args.device:
+            cfg.train.device = args.device
+
+        run_dir = resolve_path(cfg.train.out_dir) / cfg.train.name
+        if args.resume:
+            path = run_dir / "last.ckpt" if args.resume == "auto" else Path(args.resume)
+            if args.resume != "auto" or path.is_file():
+                resume_ckpt = load_checkpoint(path)
+                print(f"resuming from {path} (epoch {resume_ckpt['epoch']}, step {resume_ckpt['global_step']})")
+            else:
+                print(f"--resume auto: no {path}, starting fresh")
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    rank, world, local_rank = setup_distributed(cfg.train.device)
+    try:
+        if rank == 0:
+            check_writable(run_dir)
+        device = resolve_device(cfg.train.device, local_rank)
+        torch.set_num_threads(max(1, torch.get_num_threads() // max(world, 1)))
+        try:
+            trainer = Trainer(cfg, device, rank, world, resume=resume_ckpt)
+        except (ConfigError, CheckpointError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        trainer.fit()
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
