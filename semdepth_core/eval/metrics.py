@@ -119,21 +119,17 @@ def compute_depth_metrics(
     max_depth: float = 80.0,
     scale: float | None = None,
 ) -> dict:
-    """KITTI Eigen metrics for one image: gt, pred [H,W] (same size, metres; gt 0 = invalid).
-
-    Returns abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3, `scale` (factor applied to pred: the median
-    ratio, a given fixed `scale`, or 1.0), `ratio` (median gt / median pred before any scaling; NaN if
-    that median is not positive and finite) and num_pixels.
-    """
+    """KITTI Eigen metrics for one image: gt, pred [H,W] (same size, metres; gt 0 = invalid)."""
+    # Returns abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3, `scale` (factor applied to pred: the median
+    # ratio, a given fixed `scale`, or 1.0), `ratio` (median gt / median pred before any scaling; NaN if
+    # that median is not positive and finite) and num_pixels.
     return _evaluate(gt, pred, median_scaling, garg_crop, min_depth, max_depth, scale)[0]
 
 
 def upsample_depth(pred_depth, size: tuple[int, int]):
-    """Resize depth to size=(H, W) by bilinear interpolation of inverse depth (half-pixel rule).
-
-    numpy [h,w] -> [H,W] (cv2.resize) or torch [..., h, w] -> [..., H, W] (F.interpolate,
-    align_corners=False). Depth must be > 0 (inf allowed: inverse depth 0).
-    """
+    """Resize depth to size=(H, W) by bilinear interpolation of inverse depth (half-pixel rule)."""
+    # numpy [h,w] -> [H,W] (cv2.resize) or torch [..., h, w] -> [..., H, W] (F.interpolate,
+    # align_corners=False). Depth must be > 0 (inf allowed: inverse depth 0).
     H, W = int(size[0]), int(size[1])
     if H <= 0 or W <= 0:
         raise ValueError(f"size must be positive (H, W), got {size}")
@@ -159,16 +155,14 @@ def upsample_depth(pred_depth, size: tuple[int, int]):
 
 
 class MetricAccumulator:
-    """Accumulates metrics over a test set.
-
-    Image-level metrics are computed per image and averaged over images (the KITTI convention).
-    Per-class metrics are pooled over pixels: for each trainId, the errors of all its valid pixels
-    across all images (after each image's own scaling) are summed, then turned into metrics — so
-    each class's numbers are over the union of its pixels, and rare classes are not dominated by
-    images where they cover a handful of pixels. `class_avg_*` is the plain mean over the classes
-    present (paper Table 2 last column / Fig. 4). The infinite-depth fraction is pooled over all
-    dynamic-object pixels with valid GT.
-    """
+    """Accumulates metrics over a test set."""
+    # Image-level metrics are computed per image and averaged over images (the KITTI convention).
+    # Per-class metrics are pooled over pixels: for each trainId, the errors of all its valid pixels
+    # across all images (after each image's own scaling) are summed, then turned into metrics — so
+    # each class's numbers are over the union of its pixels, and rare classes are not dominated by
+    # images where they cover a handful of pixels. `class_avg_*` is the plain mean over the classes
+    # present (paper Table 2 last column / Fig. 4). The infinite-depth fraction is pooled over all
+    # dynamic-object pixels with valid GT.
 
     def __init__(self, median_scaling: bool = True, garg_crop: bool = True, min_depth: float = 1e-3,
                  max_depth: float = 80.0):

@@ -67,11 +67,9 @@ def backproject(depth: torch.Tensor, K_inv: torch.Tensor) -> torch.Tensor:
 
 
 def project(points: torch.Tensor, K: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pinhole projection of camera-frame points [B,3,H,W] -> (uv [B,2,H,W] pixels, z [B,1,H,W]).
-
-    |z| below eps is replaced by ±eps in the division only, so uv stays finite; z is returned as is
-    so callers can mask points behind (or on) the camera plane.
-    """
+    """Pinhole projection of camera-frame points [B,3,H,W] -> (uv [B,2,H,W] pixels, z [B,1,H,W])."""
+    # |z| below eps is replaced by ±eps in the division only, so uv stays finite; z is returned as is
+    # so callers can mask points behind (or on) the camera plane.
     if not isinstance(points, torch.Tensor) or points.ndim != 4 or points.shape[1] != 3:
         raise ValueError(f"points must be a tensor [B,3,H,W], got {getattr(points, 'shape', type(points))}")
     B, _, H, W = points.shape

@@ -39,14 +39,12 @@ def fit_plane_ransac(
     max_angle_deg: float | None = None,
     refine_steps: int = 6,
 ) -> tuple[np.ndarray, float, np.ndarray]:
-    """Robust plane n·X + d = 0 through points [N,3] -> (unit normal [3], d >= 0, inlier mask [N] bool).
-
-    Hypotheses from random 3-point samples are scored by inlier count (|n·X + d| < threshold), all
-    evaluated in vectorised chunks; the best is refined by iterated least squares on its inliers
-    (each pass keeping points within 3 rms of the previous fit). If `axis`
-    and `max_angle_deg` are given, hypotheses whose normal is further than that from ±axis are
-    rejected (e.g. keep only near-horizontal planes).
-    """
+    """Robust plane n·X + d = 0 through points [N,3] -> (unit normal [3], d >= 0, inlier mask [N] bool)."""
+    # Hypotheses from random 3-point samples are scored by inlier count (|n·X + d| < threshold), all
+    # evaluated in vectorised chunks; the best is refined by iterated least squares on its inliers
+    # (each pass keeping points within 3 rms of the previous fit). If `axis`
+    # and `max_angle_deg` are given, hypotheses whose normal is further than that from ±axis are
+    # rejected (e.g. keep only near-horizontal planes).
     P = np.asarray(points, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] != 3:
         raise ValueError(f"points must have shape [N,3], got {P.shape}")
@@ -171,13 +169,11 @@ def below_ground_count(
     min_fit_points: int = 50,
     rng=0,
 ) -> GroundCheck:
-    """Fit the ground on near, lower-image pixels and count pixels lying > margin below it.
-
-    depth [H,W] (0/NaN = invalid), K [3,3] at that resolution. The fit region is rows at or below
-    row_fraction*H with depth < max_range (intersected with fit_mask, e.g. road pixels, if given);
-    plane hypotheses are restricted to within max_tilt_deg of the camera's vertical (y) axis. The
-    paper rejects a training image when count exceeds a small threshold (10).
-    """
+    """Fit the ground on near, lower-image pixels and count pixels lying > margin below it."""
+    # depth [H,W] (0/NaN = invalid), K [3,3] at that resolution. The fit region is rows at or below
+    # row_fraction*H with depth < max_range (intersected with fit_mask, e.g. road pixels, if given);
+    # plane hypotheses are restricted to within max_tilt_deg of the camera's vertical (y) axis. The
+    # paper rejects a training image when count exceeds a small threshold (10).
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     pts, valid, roi = _fit_region(depth, K, row_fraction, max_range, fit_mask)
@@ -209,11 +205,9 @@ def camera_height_scale(
     max_fit_points: int = 5000,
     rng=0,
 ) -> float:
-    """Scale s such that s*depth puts the fitted ground plane known_height (m) below the camera.
-
-    Depth may be in arbitrary units, so max_range defaults to no limit and threshold to 0.5% of the
-    median fit-point depth (5 cm at 10 m).
-    """
+    """Scale s such that s*depth puts the fitted ground plane known_height (m) below the camera."""
+    # Depth may be in arbitrary units, so max_range defaults to no limit and threshold to 0.5% of the
+    # median fit-point depth (5 cm at 10 m).
     if not known_height > 0:
         raise ValueError(f"known_height must be > 0, got {known_height}")
     pts, _, roi = _fit_region(depth, K, row_fraction, max_range, fit_mask)

@@ -23,12 +23,10 @@ def view_synthesis(
     K: torch.Tensor,
     padding_mode: str = "zeros",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample src [B,C,Hs,Ws] at the reprojection of every target pixel -> (warped [B,C,H,W], valid [B,1,H,W]).
-
-    depth_tgt [B,1,H,W] and K [B,3,3] (or [1,3,3]) describe the target view at HxW; src may have another
-    resolution of the same camera (half-pixel rule). valid (float 0/1) = point in front of the source
-    camera and every bilinear tap inside the source image. Differentiable w.r.t. src, depth and pose.
-    """
+    """Sample src [B,C,Hs,Ws] at the reprojection of every target pixel -> (warped [B,C,H,W], valid [B,1,H,W])."""
+    # depth_tgt [B,1,H,W] and K [B,3,3] (or [1,3,3]) describe the target view at HxW; src may have another
+    # resolution of the same camera (half-pixel rule). valid (float 0/1) = point in front of the source
+    # camera and every bilinear tap inside the source image. Differentiable w.r.t. src, depth and pose.
     for name, x, nd in (("src", src, 4), ("depth_tgt", depth_tgt, 4), ("T_src_tgt", T_src_tgt, 3), ("K", K, 3)):
         if not isinstance(x, torch.Tensor) or x.ndim != nd:
             raise ValueError(f"{name} must be a {nd}-D tensor, got {getattr(x, 'shape', type(x))}")
