@@ -67,7 +67,7 @@ class DepthDecoder(nn.Module):
             if i in guided_levels:
                 from .guidance import GuidedConv
 
-                self.upconv1.append(GuidedConv(c_in, NUM_CH_DEC[i], 3, "reflect", pac_sigma_mode))
+                self.upconv1.append(GuidedConv(c_in, NUM_CH_DEC[i], 3, "reflect", pac_sigma_mode, guide_dim))
             else:
                 self.upconv1.append(ConvBlock(c_in, NUM_CH_DEC[i]))
         self.dispconv = nn.ModuleList([Conv3x3(NUM_CH_DEC[s], 1) for s in range(num_scales)])

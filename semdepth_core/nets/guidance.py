@@ -6,6 +6,8 @@ GroupNorm and ELU. The output is the guide `f` of Eq. 4-5 fed to a `PacConv2d`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -44,16 +46,22 @@ class GuidedConv(nn.Module):
     x and the guide are padded the same way (reflection, as the Monodepth2 decoder, or zeros,
     as PackNet), then `PacConv2d(padding=0)` applies Eq. 4. forward(x[B,Cin,h,w],
     guide[B,D,h,w]) -> [B,Cout,h,w] (before any normalisation / activation).
+
+    sigma starts at sqrt(guide_dim): the guide leaves GroupNorm with about unit variance per
+    channel, so ||f_i - f_j||^2 grows like D and an initial sigma of 1 would make K ~ exp(-D)
+    vanish for every dissimilar neighbour (PAC collapsing to its centre tap at initialisation).
+    With sigma^2 = D the exponent is -||f_i - f_j||^2 / (2D), O(1) for unrelated pixels.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, pad_mode: str = "reflect",
-                 sigma_mode: str = "layer") -> None:
+                 sigma_mode: str = "layer", guide_dim: int = DEFAULT_GUIDE_DIM) -> None:
         super().__init__()
         if pad_mode not in ("reflect", "zeros"):
             raise ValueError(f"GuidedConv: pad_mode must be 'reflect' or 'zeros', got {pad_mode!r}")
         p = kernel_size // 2
         self.pad = nn.ReflectionPad2d(p) if pad_mode == "reflect" else nn.ConstantPad2d(p, 0.0)
-        self.pac = PacConv2d(in_ch, out_ch, kernel_size=kernel_size, padding=0, sigma_mode=sigma_mode)
+        self.pac = PacConv2d(in_ch, out_ch, kernel_size=kernel_size, padding=0, sigma_mode=sigma_mode,
+                             init_sigma=math.sqrt(guide_dim))
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         return self.pac(self.pad(x), self.pad(guide))

@@ -114,11 +114,12 @@ class InvDepthHead(nn.Module):
 class GuidedConvGNELU(nn.Module):
     """Pixel-adaptive counterpart of ConvGNELU (zero padding, GroupNorm(16), ELU)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, sigma_mode: str) -> None:
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, sigma_mode: str, guide_dim: int) -> None:
         super().__init__()
         from .guidance import GuidedConv
 
-        self.conv = GuidedConv(in_ch, out_ch, kernel_size, pad_mode="zeros", sigma_mode=sigma_mode)
+        self.conv = GuidedConv(in_ch, out_ch, kernel_size, pad_mode="zeros", sigma_mode=sigma_mode,
+                               guide_dim=guide_dim)
         self.norm = group_norm(out_ch)
         self.act = nn.ELU(inplace=True)
 
@@ -195,7 +196,7 @@ class PackNet01(nn.Module):
         self.iconv = nn.ModuleDict()  # keyed by stride
         for s, (cin, cout) in iconv_spec.items():
             if s in self.guidance_channels:
-                self.iconv[str(s)] = GuidedConvGNELU(cin, cout, 3, pac_sigma_mode)
+                self.iconv[str(s)] = GuidedConvGNELU(cin, cout, 3, pac_sigma_mode, guide_dim)
             else:
                 self.iconv[str(s)] = ConvGNELU(cin, cout, 3)
         self.guides = nn.ModuleDict()

@@ -1,0 +1,155 @@
+"""The depth model of Fig. 2: depth network (+ optional fixed semantic network guiding it) and
+the pose network, built from a `ModelConfig`.
+
+`DepthModel.forward(rgb01[B,3,H,W]) -> {"inv_depths": [4 x [B,1,H/2^s,W/2^s]],
+"sem_logits": [B,C,H,W] | None}`. The semantic net runs once per image; its features feed the
+pixel-adaptive convolutions (when `cfg.guidance`) and its logits are returned as `sem_logits`.
+Unless `cfg.semantic.finetune` (Table 3 "D+S"), the semantic net is frozen: no gradients,
+always in eval mode (also after `model.train()`), run under no_grad, and its parameters are left
+out of `depth_parameters()` (what the depth optimiser gets).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from semdepth_core.config import ModelConfig
+
+from .layers import check_rgb_input, load_state_dict_file
+
+DEPTH_NETS = ("resnet18", "resnet50", "mobilenetv2", "packnet01")
+
+
+class DepthModel(nn.Module):
+    """Depth network (ResNet/MobileNetV2 encoder + DepthDecoder, or PackNet01) with an optional
+    semantic network. `semantic_net` may be passed in to share one instance (else it is built
+    with `build_semantic_net(cfg.semantic)` when `cfg.semantic.enabled`)."""
+
+    def __init__(self, cfg: ModelConfig, semantic_net: nn.Module | None = None) -> None:
+        super().__init__()
+        if cfg.depth_net not in DEPTH_NETS:
+            raise ValueError(f"model.depth_net: {cfg.depth_net!r} is not one of {DEPTH_NETS}")
+        if cfg.guidance and not cfg.semantic.enabled:
+            raise ValueError("model.guidance: requires model.semantic.enabled: true")
+        self.cfg = cfg
+        self.depth_net_name = cfg.depth_net
+        self.semantic_frozen = not cfg.semantic.finetune
+
+        # semantic network (Fig. 2, top) -----------------------------------------------------
+        self.semantic: nn.Module | None = None
+        guidance_channels = None
+        if cfg.semantic.enabled:
+            if semantic_net is None:
+                from .semantic import build_semantic_net
+
+                semantic_net = build_semantic_net(cfg.semantic)
+            for attr in ("feature_channels", "feature_strides", "num_classes"):
+                if not hasattr(semantic_net, attr):
+                    raise TypeError(f"semantic net {type(semantic_net).__name__} lacks attribute {attr!r}")
+            self.semantic = semantic_net
+            if cfg.guidance:
+                guidance_channels = {int(s): int(c) for s, c in
+                                     zip(semantic_net.feature_strides, semantic_net.feature_channels)}
+            if self.semantic_frozen:
+                self.semantic.requires_grad_(False)
+                self.semantic.eval()
+        elif semantic_net is not None:
+            raise ValueError("DepthModel: a semantic_net was given but model.semantic.enabled is false")
+        self.guidance_channels = guidance_channels
+
+        # depth network ----------------------------------------------------------------------
+        pretrained = cfg.pretrained or None
+        if pretrained and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"model.pretrained: encoder weights file not found: {pretrained}")
+        self.encoder: nn.Module | None = None
+        self.decoder: nn.Module | None = None
+        self.packnet: nn.Module | None = None
+        if cfg.depth_net == "packnet01":
+            if pretrained:
+                raise ValueError("model.pretrained: packnet01 has no ImageNet-pretrained encoder; leave it empty")
+            from .packnet import PackNet01
+
+            self.packnet = PackNet01(cfg.min_depth, cfg.max_depth, version=cfg.packnet_version,
+                                     guidance_channels=guidance_channels, pac_sigma_mode=cfg.pac_sigma_mode)
+        else:
+            if cfg.depth_net == "mobilenetv2":
+                from .mobilenetv2 import MobileNetV2Encoder
+
+                self.encoder = MobileNetV2Encoder(pretrained)
+            else:
+                from .resnet import ResNetEncoder
+
+                self.encoder = ResNetEncoder(int(cfg.depth_net[len("resnet"):]), 3, pretrained)
+            from .depth_decoder import DepthDecoder
+
+            self.decoder = DepthDecoder(self.encoder.num_ch_enc, cfg.min_depth, cfg.max_depth, num_scales=4,
+                                        guidance_channels=guidance_channels, pac_sigma_mode=cfg.pac_sigma_mode)
+
+    # training helpers -----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "DepthModel":
+        super().train(mode)
+        if self.semantic is not None and self.semantic_frozen:
+            self.semantic.eval()  # a frozen semantic net keeps its BatchNorm statistics fixed
+        return self
+
+    def depth_parameters(self) -> list[nn.Parameter]:
+        """Parameters the depth optimiser updates (the semantic net's only when fine-tuned)."""
+        skip = set()
+        if self.semantic is not None and self.semantic_frozen:
+            skip = {id(p) for p in self.semantic.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    # forward --------------------------------------------------------------------------------
+    def run_semantic(self, rgb01: torch.Tensor):
+        """The semantic net's SemanticOutput (no_grad when frozen), or None without one."""
+        if self.semantic is None:
+            return None
+        if self.semantic_frozen:
+            with torch.no_grad():
+                return self.semantic(rgb01)
+        return self.semantic(rgb01)
+
+    def forward(self, rgb01: torch.Tensor) -> dict[str, object]:
+        check_rgb_input(rgb01, f"DepthModel({self.depth_net_name})")
+        sem = self.run_semantic(rgb01)
+        guidance = None
+        if self.guidance_channels:
+            strides = list(self.semantic.feature_strides)
+            if len(sem.features) != len(strides):
+                raise ValueError(f"semantic net returned {len(sem.features)} feature maps for strides {strides}")
+            guidance = {int(s): f for s, f in zip(strides, sem.features)}  # stride -> [B, Cs, H/s, W/s]
+        if self.packnet is not None:
+            inv_depths = self.packnet(rgb01, guidance)
+        else:
+            inv_depths = self.decoder(self.encoder(rgb01), guidance)
+        return {"inv_depths": inv_depths, "sem_logits": None if sem is None else sem.logits}
+
+
+def _pose_encoder_for(path: str) -> str:
+    """Pick the pose encoder that matches a pretrained checkpoint's key layout."""
+    keys = load_state_dict_file(path, "model.pose_pretrained").keys()
+    if "features.0.0.weight" in keys:
+        return "mobilenetv2"
+    if "conv1.weight" in keys and "layer1.0.conv1.weight" in keys:
+        return "resnet18"
+    raise ValueError(f"model.pose_pretrained: {path} is neither a torchvision ResNet-18 nor a "
+                     "MobileNetV2 features state_dict")
+
+
+def build_models(cfg: ModelConfig, num_context: int = 2,
+                 semantic_net: nn.Module | None = None) -> tuple[DepthModel, nn.Module]:
+    """ModelConfig -> (DepthModel, PoseNet). The pose net gets `num_context` context frames
+    (len(data.context)); with `cfg.pose_pretrained` its encoder is a ResNet-18 or MobileNetV2
+    (chosen from the checkpoint's layout) initialised from it, else PackNet's basic PoseNet."""
+    from .posenet import PoseNet
+
+    depth = DepthModel(cfg, semantic_net=semantic_net)
+    if cfg.pose_pretrained:
+        if not Path(cfg.pose_pretrained).is_file():
+            raise FileNotFoundError(f"model.pose_pretrained: weights file not found: {cfg.pose_pretrained}")
+        pose = PoseNet(num_context, _pose_encoder_for(cfg.pose_pretrained), cfg.pose_pretrained)
+    else:
+        pose = PoseNet(num_context, "basic")
+    return depth, pose
