@@ -46,8 +46,10 @@ class Runner(Protocol):
     def run_depth(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """-> (inverse depth [h,w] float32, argmax class indices [h,w] (any int dtype) | None)."""
 
-    def run_pose(self, tgt: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-        """-> pose vector (tx,ty,tz,rx,ry,rz) of T_ctx_tgt, shape [6]."""
+    num_context: int  # context frames the pose network takes
+
+    def run_pose(self, tgt: np.ndarray, ctxs: list[np.ndarray]) -> np.ndarray:
+        """-> pose vectors (tx,ty,tz,rx,ry,rz) of T_ctx_tgt, one per context frame, shape [N,6]."""
 
 
 class Predictor:
@@ -108,22 +110,52 @@ class Predictor:
         return Prediction(inv, depth, lab, {
             "preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
 
+    def pose_slots(self) -> tuple[int, bool]:
+        """(context slot used for the frame pair, whether the pair is fed reversed).
+
+        The pose net was trained with context offsets `data.context` (e.g. [-1, 1]); slot i
+        holds the frame at offset context[i]. With offset -1 available the current frame is the
+        target and the previous one goes into that slot (output = T_prev_cur directly); with
+        only positive offsets the previous frame is the target and the current one goes into the
+        +1 slot (output = T_cur_prev, inverted). Otherwise the negative offset nearest 0 is used.
+        """
+        offsets = list(self.config.data.context)
+        n = self._runner.num_context
+        if len(offsets) != n:
+            offsets = [-1] + [1] * (n - 1)
+        if -1 in offsets:
+            return offsets.index(-1), False
+        if 1 in offsets:
+            return offsets.index(1), True
+        neg = [o for o in offsets if o < 0]
+        if neg:
+            return offsets.index(max(neg)), False
+        return offsets.index(min(offsets)), True
+
     def relative_pose(self, prev_rgb: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """4x4 float64 `T_prev_cur` (maps current-frame points into the previous frame).
 
-        The pose network runs with target = `rgb` (current) and context = `prev_rgb`; its output
-        T_ctx_tgt is exactly T_prev_cur. Translation is in model units (see `is_metric`).
+        The pose network predicts T_ctx_tgt; it runs with target = `rgb` (current frame) and the
+        previous frame in the context slot of offset -1, so its output is T_prev_cur. A pose
+        net trained with more context frames (e.g. [-1, +1]) gets the target frame itself
+        (zero motion) in its other slots. See `pose_slots` for configs without offset -1.
+        Translation is in model units (metres only when `is_metric`).
         """
         if not self.has_pose:
             raise RuntimeError(f"{self.checkpoint}: the checkpoint has no pose network; relative_pose is unavailable")
         if prev_rgb.shape != rgb.shape:
             raise ValueError(f"prev_rgb {prev_rgb.shape} and rgb {rgb.shape} must have the same shape")
-        tgt = processing.preprocess(rgb, self.input_size)
-        ctx = processing.preprocess(prev_rgb, self.input_size)
-        vec = np.asarray(self._runner.run_pose(tgt, ctx), np.float64).reshape(-1)
-        if vec.shape != (6,):
-            raise RuntimeError(f"pose backend returned shape {vec.shape}, expected 6 values")
-        return pose_vec_to_mat_np(vec)
+        cur = processing.preprocess(rgb, self.input_size)
+        prev = processing.preprocess(prev_rgb, self.input_size)
+        slot, reverse = self.pose_slots()
+        tgt, other = (prev, cur) if reverse else (cur, prev)
+        ctxs = [tgt] * self._runner.num_context
+        ctxs[slot] = other
+        vecs = np.asarray(self._runner.run_pose(tgt, ctxs), np.float64).reshape(-1, 6)
+        if vecs.shape[0] != len(ctxs):
+            raise RuntimeError(f"pose backend returned {vecs.shape[0]} poses for {len(ctxs)} context frames")
+        T = pose_vec_to_mat_np(vecs[slot])
+        return invert_se3_np(T) if reverse else T
 
     def close(self) -> None:
         close = getattr(self._runner, "close", None)
@@ -133,6 +165,14 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor(backend={self.backend_name!r}, input_size={self.input_size}, "
                 f"metric={self.is_metric}, semantics={self.has_semantics}, pose={self.has_pose})")
+
+
+def invert_se3_np(T: np.ndarray) -> np.ndarray:
+    R, t = T[:3, :3], T[:3, 3]
+    out = np.eye(4)
+    out[:3, :3] = R.T
+    out[:3, 3] = -R.T @ t
+    return out
 
 
 def pose_vec_to_mat_np(vec: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ class TorchRunner:
         self.pose_net = pose_net.to(self.device).eval() if pose_net is not None else None
         self.has_semantics = bool(has_semantics)  # model.semantic.enabled of the checkpoint config
         self.has_pose = self.pose_net is not None
+        self.num_context = int(getattr(self.pose_net, "num_context", 1)) if self.pose_net is not None else 0
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -35,8 +36,8 @@ class TorchRunner:
         return inv, labels
 
     @torch.inference_mode()
-    def run_pose(self, tgt: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    def run_pose(self, tgt: np.ndarray, ctxs: list[np.ndarray]) -> np.ndarray:
         if self.pose_net is None:
             raise RuntimeError("no pose network loaded")
-        vec = self.pose_net(self._tensor(tgt), [self._tensor(ctx)])
-        return vec.reshape(-1, 6)[0].double().cpu().numpy()
+        vec = self.pose_net(self._tensor(tgt), [self._tensor(c) for c in ctxs])  # [1,N,6]
+        return vec[0].double().cpu().numpy()

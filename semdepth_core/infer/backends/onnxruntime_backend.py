@@ -1,0 +1,117 @@
+"""ONNX Runtime backend: the decomposed-PAC depth graph (+ the pose graph) on CPUExecutionProvider,
+or CUDAExecutionProvider when the device is CUDA and the provider is present.
+
+Graphs come from `onnx_path` (checked against the checkpoint through their metadata) or are
+exported on first use into a cache directory keyed by the checkpoint's sha256 and the input size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from semdepth_core.export.onnx_export import export_loaded, pose_graph_path, read_metadata
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SEMDEPTH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "semdepth"
+
+
+def check_graph_matches(path: Path, models, net_size: tuple[int, int], need_decomposed: bool) -> None:
+    """Raise ValueError when an exported graph is not this checkpoint / size / PAC mode."""
+    meta = read_metadata(path)
+    w, h = net_size
+    sha = meta.get("checkpoint_sha256")
+    if sha is not None and sha != models.checkpoint_sha256:
+        raise ValueError(f"{path}: exported from another checkpoint (sha256 {sha[:12]}..., "
+                         f"expected {models.checkpoint_sha256[:12]}...); re-export it")
+    if "height" in meta and (int(meta["height"]), int(meta["width"])) != (h, w):
+        raise ValueError(f"{path}: exported for {meta['width']}x{meta['height']}, predictor configured for {w}x{h}")
+    if need_decomposed and meta.get("pac") == "custom-op":
+        raise ValueError(f"{path}: has custom semdepth::PacConv2d nodes (TensorRT only); "
+                         "export with --pac decomposed for ONNX Runtime")
+
+
+def cached_onnx_paths(models, net_size: tuple[int, int], cache_dir: str | Path | None, pac: str) -> Path:
+    """Depth-graph path in the cache for (checkpoint, size, pac); exported (atomically) if missing."""
+    w, h = net_size
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = root / "onnx" / f"{models.checkpoint_sha256[:16]}_{w}x{h}_{pac}.onnx"
+    need_pose = models.pose_net is not None
+    if not path.is_file() or (need_pose and not pose_graph_path(path).is_file()):
+        log.info("exporting %s (%s PAC) to %s", models.checkpoint_path, pac, path)
+        export_loaded(models, path, net_size, pac=pac, logits=False, pose=True)
+    return path
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    if str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" in avail:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.warning("WARNING: CUDAExecutionProvider not available in onnxruntime; running on CPU")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeRunner:
+    name = "onnxruntime"
+
+    def __init__(self, depth_path: str | Path, pose_path: str | Path | None = None, device: str = "cpu",
+                 threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = _providers(device)
+        self.depth_path = Path(depth_path)
+        self.session = ort.InferenceSession(str(depth_path), sess_options=opts, providers=providers)
+        outs = [o.name for o in self.session.get_outputs()]
+        if "inv_depth" not in outs:
+            raise ValueError(f"{depth_path}: no 'inv_depth' output (outputs: {outs})")
+        self._outputs = ["inv_depth"] + (["labels"] if "labels" in outs else [])
+        self._input = self.session.get_inputs()[0].name
+        self.has_semantics = "labels" in outs
+        self.pose_session = None
+        if pose_path is not None and Path(pose_path).is_file():
+            self.pose_session = ort.InferenceSession(str(pose_path), sess_options=opts, providers=providers)
+        self.has_pose = self.pose_session is not None
+        self.num_context = (len(self.pose_session.get_inputs()) - 1) if self.has_pose else 0
+        self.providers = self.session.get_providers()
+
+    @classmethod
+    def create(cls, models, net_size: tuple[int, int], device: str = "cpu", onnx_path=None, cache_dir=None):
+        if onnx_path is not None:
+            path = Path(onnx_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX graph not found: {path}")
+        else:
+            path = cached_onnx_paths(models, net_size, cache_dir, "decomposed")
+        check_graph_matches(path, models, net_size, need_decomposed=True)
+        pose = pose_graph_path(path)
+        if pose.is_file():
+            check_graph_matches(pose, models, net_size, need_decomposed=False)
+        elif models.pose_net is not None:
+            log.warning("WARNING: %s has no pose graph beside it (%s); relative_pose unavailable", path, pose.name)
+        return cls(path, pose if pose.is_file() else None, device=device)
+
+    def run_depth(self, x: np.ndarray):
+        outs = self.session.run(self._outputs, {self._input: x})
+        inv = outs[0][0, 0]
+        labels = outs[1][0] if self.has_semantics else None
+        return inv, labels
+
+    def run_pose(self, tgt: np.ndarray, ctxs: list[np.ndarray]) -> np.ndarray:
+        if self.pose_session is None:
+            raise RuntimeError(f"{self.depth_path}: no pose graph loaded")
+        feeds = {"tgt": tgt, **{f"ctx{i}": c for i, c in enumerate(ctxs)}}
+        (vec,) = self.pose_session.run(["pose"], feeds)
+        return np.asarray(vec, np.float64).reshape(-1, 6)
