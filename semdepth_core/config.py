@@ -129,12 +129,24 @@ class TrainConfig:
 
 
 @dataclass
+class TwoStageConfig:
+    """Two-stage training against infinite depth (paper §4.3): the stage-1 filter's settings."""
+    margin: float = 0.5  # metres a point must lie below the fitted ground plane to count
+    max_below_pixels: int = 10  # drop a training image when more pixels than this fall below (§4.3)
+    camera_height: float = 1.65  # known mounting height (m) making stage-1 depth metric; 0 = depth as is
+    row_fraction: float = 0.6  # the ground is fitted on rows below this fraction of the image height
+    max_range: float = 20.0  # ... and on points nearer than this (metres)
+    examples: int = 4  # overlay PNGs of dropped images written with the report
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
 
 
 _CHOICES = {
@@ -230,6 +242,10 @@ def _validate_ranges(cfg: Config) -> None:
         ("optim.pose_lr", cfg.optim.pose_lr > 0, "must be > 0"),
         ("optim.step_epochs", cfg.optim.step_epochs >= 1, "must be >= 1"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("two_stage.margin", cfg.two_stage.margin >= 0, "must be >= 0"),
+        ("two_stage.max_below_pixels", cfg.two_stage.max_below_pixels >= 0, "must be >= 0"),
+        ("two_stage.camera_height", cfg.two_stage.camera_height >= 0, "must be >= 0"),
+        ("two_stage.row_fraction", 0 <= cfg.two_stage.row_fraction < 1, "must be in [0, 1)"),
     ]
     for key, ok, msg in checks:
         if not ok:
