@@ -183,6 +183,14 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                parsed = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            if parsed != parsed or parsed in (float("inf"), float("-inf")):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            value = parsed
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
