@@ -634,9 +634,12 @@ def _fbm(tab, coords, fp, freqs, gain=0.65, off=0.0):
     return out
 
 
+EDGE_BLUR = 1.6   # width of anti-aliased edges in pixel footprints (a camera-like point spread)
+
+
 def _band(u, a, b, fp):
     """Anti-aliased coverage of the interval [a, b] at coordinate u (footprint fp)."""
-    return np.clip(np.minimum(u - F32(a), F32(b) - u) / fp + F32(0.5), F32(0.0), F32(1.0))
+    return np.clip(np.minimum(u - F32(a), F32(b) - u) / (fp * F32(EDGE_BLUR)) + F32(0.5), F32(0.0), F32(1.0))
 
 
 def _pband(u, period, a, b, fp):
@@ -646,20 +649,27 @@ def _pband(u, period, a, b, fp):
     return _band(uu, a - c, b - c, fp)
 
 
-def _shade_points(scene: Scene, P, pid, fp):
+def _grazing(fp, cos):
+    """Footprint widened at grazing incidence (compromise between the two footprint axes)."""
+    return fp / np.sqrt(np.clip(np.abs(cos), F32(0.03), F32(1.0)))
+
+
+def _shade_points(scene: Scene, P, pid, fp, dirs):
     """Albedo (RGB in [0,1], float32 [N,3]) and unit normals of hit points P [N,3] (float64,
-    scene frame) with hit codes pid [N] and pixel footprints fp [N] (m)."""
+    scene frame) with hit codes pid [N], isotropic pixel footprints fp [N] (m) and unit ray
+    directions dirs [N,3]."""
     tab = scene.noise_flat
     pr = scene.prims
     N = P.shape[0]
     fp = np.maximum(fp, 1e-4).astype(F32)
+    dirs = np.asarray(dirs, F32)
     alb = np.zeros((N, 3), F32)
     nrm = np.zeros((N, 3), F32)
     nrm[:, 2] = 1.0
     # ------------------------------------------------------------------ ground
     m = np.nonzero(pid == HIT_ROAD)[0]
     if m.size:
-        x, y, f = P[m, 0].astype(F32), P[m, 1].astype(F32), fp[m]
+        x, y, f = P[m, 0].astype(F32), P[m, 1].astype(F32), _grazing(fp[m], dirs[m, 2])
         g = F32(0.31) + F32(0.17) * _fbm(tab, (x, y), f, (0.35, 1.3, 3.1, 7.0, 15.0, 31.0, 63.0), gain=0.85)
         # markings: dashed centre line, solid lane edges
         cov = _band(y, -0.075, 0.075, f) * _pband(x, 9.0, 0.0, 3.0, f)
@@ -668,7 +678,7 @@ def _shade_points(scene: Scene, P, pid, fp):
         alb[m] = g[:, None] * np.array([1.0, 1.0, 1.04], F32)
     m = np.nonzero(pid == HIT_SIDEWALK)[0]
     if m.size:
-        x, y, f = P[m, 0].astype(F32), P[m, 1].astype(F32), fp[m]
+        x, y, f = P[m, 0].astype(F32), P[m, 1].astype(F32), _grazing(fp[m], dirs[m, 2])
         tile = 0.4
         ix, iy = np.floor(x / F32(tile)).astype(np.int32), np.floor(y / F32(tile)).astype(np.int32)
         tv = tab.take(((ix * 7) & 255) << 8 | ((iy * 13 + 101) & 255)) - F32(0.5)
@@ -680,7 +690,7 @@ def _shade_points(scene: Scene, P, pid, fp):
         alb[m] = g[:, None] * np.array([1.0, 0.97, 0.93], F32)
     m = np.nonzero(pid == HIT_CURB)[0]
     if m.size:
-        x, z, f = P[m, 0].astype(F32), P[m, 2].astype(F32), fp[m]
+        x, z, f = P[m, 0].astype(F32), P[m, 2].astype(F32), _grazing(fp[m], dirs[m, 1])
         g = F32(0.62) + F32(0.16) * _fbm(tab, (x, z), f, (2.0, 7.0, 19.0, 45.0), 0.85, 5.0)
         alb[m] = g[:, None]
         nrm[m] = 0.0
@@ -699,7 +709,7 @@ def _shade_points(scene: Scene, P, pid, fp):
     mat = pr["mat"][ids]
     base = pr["color"][ids].astype(F32)
     var = pr["var"][ids].astype(F32)
-    f = fp[mp]
+    f = _grazing(fp[mp], (n * dirs[mp]).sum(1))
 
     q = np.nonzero(mat == M_FACADE)[0]
     if q.size:  # facade: window grid over brick or plaster
@@ -872,8 +882,9 @@ def render_frame(scene: Scene, T_world_cam, K, W: int, H: int):
     Dh = Dflat[hi]
     th = t.ravel()[hi]
     P = o + th[:, None].astype(np.float64) * Dh
-    fp = th / F32(K[0, 0]) * np.minimum(np.sqrt((Dh * Dh).sum(1)), F32(3.0))
-    alb, nrm = _shade_points(scene, P, p, fp)
+    nD = np.sqrt((Dh * Dh).sum(1))
+    fp = th * nD / F32(K[0, 0])
+    alb, nrm = _shade_points(scene, P, p, fp, Dh / nD[:, None])
     rgb = np.empty((H * W, 3), F32)
     rgb[hi] = alb * _lighting(scene, nrm)[:, None]
     si = np.nonzero(~hit.ravel())[0]
@@ -945,7 +956,7 @@ def render_lidar(scene: Scene, T_world_velo, seed: int = 0):
     tt = t[ok].astype(np.float64)
     pts_v = Dv[ok] * tt[:, None]
     P = o + D[ok].astype(np.float64) * tt[:, None]
-    alb, _ = _shade_points(scene, P, pid[ok], np.maximum(tt * np.deg2rad(0.4), 0.01))
+    alb, _ = _shade_points(scene, P, pid[ok], np.maximum(tt * np.deg2rad(0.4), 0.01), D[ok])
     rng = np.random.default_rng([int(seed), 77])
     refl = np.clip(alb.mean(1) * 0.8 + 0.04 * rng.standard_normal(alb.shape[0]), 0.0, 0.99)
     return np.concatenate([pts_v, refl[:, None]], 1).astype(np.float32)
