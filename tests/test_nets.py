@@ -405,3 +405,15 @@ def test_build_models_and_errors(tmp_path, mobilenet_weights):
     torch.save({"features.0.0.weight": torch.zeros(32, 3, 3, 3)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="does not match the MobileNetV2"):
         DepthModel(ModelConfig(depth_net="mobilenetv2", pretrained=str(tmp_path / "partial.pth")))
+
+
+@pytest.mark.slow
+def test_depth_model_packnet_guided_end_to_end():
+    sem = FakeSemantic()
+    model = DepthModel(_sem_cfg(depth_net="packnet01"), semantic_net=sem).train()
+    assert model.packnet is not None and set(model.packnet.guidance_channels) == {2, 4, 8}
+    out = model(torch.rand(1, 3, 32, 64))
+    _check_inv_depths(out["inv_depths"], h=32, w=64)
+    out["inv_depths"][0].mean().backward()
+    assert model.packnet.guides["4"].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in sem.parameters())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .guidance import DEFAULT_GUIDE_DIM, GuidanceBranch, GuidedConv
 from .layers import Conv3x3, ConvBlock, check_depth_range, match_size, sigmoid_to_inv_depth, upsample2x
 
 NUM_CH_DEC = (16, 32, 64, 128, 256)
@@ -44,8 +45,6 @@ class DepthDecoder(nn.Module):
         guide_dim: int | None = None,
     ) -> None:
         super().__init__()
-        from .guidance import DEFAULT_GUIDE_DIM
-
         if len(num_ch_enc) != 5:
             raise ValueError(f"DepthDecoder: num_ch_enc must list 5 encoder widths, got {list(num_ch_enc)}")
         if not 1 <= num_scales <= 4:
@@ -65,16 +64,12 @@ class DepthDecoder(nn.Module):
             self.upconv0.append(ConvBlock(c_in, NUM_CH_DEC[i]))
             c_in = NUM_CH_DEC[i] + (self.num_ch_enc[i - 1] if i > 0 else 0)
             if i in guided_levels:
-                from .guidance import GuidedConv
-
                 self.upconv1.append(GuidedConv(c_in, NUM_CH_DEC[i], 3, "reflect", pac_sigma_mode, guide_dim))
             else:
                 self.upconv1.append(ConvBlock(c_in, NUM_CH_DEC[i]))
         self.dispconv = nn.ModuleList([Conv3x3(NUM_CH_DEC[s], 1) for s in range(num_scales)])
         self.guides = nn.ModuleDict()
         if self.guidance_channels:
-            from .guidance import GuidanceBranch
-
             for s, c in self.guidance_channels.items():
                 self.guides[str(s)] = GuidanceBranch(c, guide_dim)
         self.elu = nn.ELU(inplace=True)

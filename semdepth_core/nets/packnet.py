@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .guidance import DEFAULT_GUIDE_DIM, GuidanceBranch, GuidedConv
 from .layers import ConvGNELU, check_depth_range, check_rgb_input, group_norm, match_size, sigmoid_to_inv_depth
 
 
@@ -52,8 +53,7 @@ class PackingBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = space_to_depth(x, self.r)  # [B, 4C, H/2, W/2]
         x = self.conv3d(x.unsqueeze(1))  # [B, d, 4C, H/2, W/2]
-        b, d, c, h, w = x.shape
-        x = x.reshape(b, d * c, h, w)  # [B, 4Cd, H/2, W/2]
+        x = x.flatten(1, 2)  # [B, 4Cd, H/2, W/2] (channel = feature * 4C + packed channel)
         return self.conv(x)  # [B, C, H/2, W/2]
 
 
@@ -71,8 +71,7 @@ class UnpackingBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)  # [B, 4Cout/d, H, W]
         x = self.conv3d(x.unsqueeze(1))  # [B, d, 4Cout/d, H, W]
-        b, d, c, h, w = x.shape
-        x = x.reshape(b, d * c, h, w)  # [B, 4Cout, H, W]
+        x = x.flatten(1, 2)  # [B, 4Cout, H, W]
         return self.unpack(x)  # [B, Cout, 2H, 2W]
 
 
@@ -116,8 +115,6 @@ class GuidedConvGNELU(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, sigma_mode: str, guide_dim: int) -> None:
         super().__init__()
-        from .guidance import GuidedConv
-
         self.conv = GuidedConv(in_ch, out_ch, kernel_size, pad_mode="zeros", sigma_mode=sigma_mode,
                                guide_dim=guide_dim)
         self.norm = group_norm(out_ch)
@@ -147,8 +144,6 @@ class PackNet01(nn.Module):
         guide_dim: int | None = None,
     ) -> None:
         super().__init__()
-        from .guidance import DEFAULT_GUIDE_DIM
-
         check_depth_range(min_depth, max_depth)
         if version not in ("1A", "1B"):
             raise ValueError(f"PackNet01: version must be '1A' (concatenation) or '1B' (addition), got {version!r}")
@@ -201,8 +196,6 @@ class PackNet01(nn.Module):
                 self.iconv[str(s)] = ConvGNELU(cin, cout, 3)
         self.guides = nn.ModuleDict()
         if self.guidance_channels:
-            from .guidance import GuidanceBranch
-
             for s, c in self.guidance_channels.items():
                 self.guides[str(s)] = GuidanceBranch(c, guide_dim)
         # inverse depth heads at strides 8, 4, 2, 1
