@@ -599,7 +599,7 @@ def _noise3(tab, a, b, c):
 def _aa(fp, size):
     """Weight of a detail of feature size `size` (m) given the pixel footprint fp (m): 1 when
     well resolved, fading to 0 before it would alias."""
-    return np.clip(F32(2.0) - F32(4.0 / size) * fp, F32(0.0), F32(1.0))
+    return np.clip(F32(size / 1.5) / fp - F32(1.0), F32(0.0), F32(1.0))   # 0 at 1.5 px, 1 at 3 px
 
 
 def _fbm(tab, coords, fp, freqs, gain=0.65, off=0.0):
@@ -718,7 +718,7 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
         z = Lq[:, 2]
         spacing = np.abs(var[q])
         brick = var[q] < 0
-        wall = F32(1.0) + F32(0.22) * _fbm(tab, (s, z), fq, (0.3, 1.1, 4.0, 13.0, 37.0, 80.0), 0.75, 2.0)
+        wall = F32(1.0) + F32(0.7) * _fbm(tab, (s, z), fq, (0.4, 1.7, 4.5, 9.0, 19.0, 37.0, 80.0), 0.97, 2.0)
         b = np.nonzero(brick)[0]
         if b.size:
             zb, fb = z[b], fq[b]
@@ -728,8 +728,7 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
             bv = tab.take(((np.floor(sb / F32(0.25)).astype(np.int32) * 5) & 255) << 8
                           | (course.astype(np.int32) & 255)) - F32(0.5)
             wb = _aa(fb, 0.075)
-            wall[b] = (F32(1.0) + wb * (F32(0.3) * bv + F32(0.35) * mort - F32(0.05))
-                       + F32(0.1) * _fbm(tab, (s[b], zb), fb, (0.5, 2.0), 0.7, 9.0))
+            wall[b] += wb * (F32(0.3) * bv + F32(0.35) * mort - F32(0.05))
         col = base[q] * wall[:, None]
         zs = z - F32(0.9)
         top = (pr["hi"][ids[q], 2] - 0.8).astype(F32)
