@@ -718,7 +718,7 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
         z = Lq[:, 2]
         spacing = np.abs(var[q])
         brick = var[q] < 0
-        wall = F32(1.0) + F32(0.7) * _fbm(tab, (s, z), fq, (0.4, 1.7, 4.5, 9.0, 19.0, 37.0, 80.0), 0.97, 2.0)
+        wall = F32(1.0) + F32(0.7) * _fbm(tab, (s, z), fq, (0.4, 1.7, 4.5, 11.0, 27.0, 65.0), 0.97, 2.0)
         b = np.nonzero(brick)[0]
         if b.size:
             zb, fb = z[b], fq[b]
@@ -730,19 +730,23 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
             wb = _aa(fb, 0.075)
             wall[b] += wb * (F32(0.3) * bv + F32(0.35) * mort - F32(0.05))
         col = base[q] * wall[:, None]
+        # windows (1.2 x 1.6 m) with light frames on floors of 3 m
+        fe = fq * F32(EDGE_BLUR)
         zs = z - F32(0.9)
         top = (pr["hi"][ids[q], 2] - 0.8).astype(F32)
         half = spacing / 2
-        sm = np.mod(s, spacing)
-        win = np.clip(np.minimum(sm - (half - F32(0.6)), (half + F32(0.6)) - sm) / fq + F32(0.5), 0, 1)
-        frame_s = np.clip(np.minimum(sm - (half - F32(0.7)), (half + F32(0.7)) - sm) / fq + F32(0.5), 0, 1)
+        dm = np.abs(np.mod(s, spacing) - half)                     # distance from the window axis
         floor_ok = (zs > 0.3) & (z < top)
-        win = win * _pband(zs, 3.0, 0.6, 2.2, fq) * floor_ok
-        frm = np.clip(frame_s * _pband(zs, 3.0, 0.5, 2.3, fq) * floor_ok - win, 0, 1)
-        glass = (F32(0.16) + F32(0.22) * (_noise2(tab, s * F32(0.35) + F32(40.0), z * F32(0.5)) - F32(0.3))
-                 + F32(0.06) * _fbm(tab, (s, z), fq, (2.0, 6.0), 0.7, 4.0))
-        col = (col * (F32(1.0) - win - frm)[:, None] + glass[:, None] * np.array([0.85, 0.95, 1.1], F32) * win[:, None]
-               + F32(0.8) * frm[:, None])
+        win = np.clip((F32(0.6) - dm) / fe + F32(0.5), 0, 1) * _pband(zs, 3.0, 0.6, 2.2, fq) * floor_ok
+        frm = np.clip(np.clip((F32(0.7) - dm) / fe + F32(0.5), 0, 1) * _pband(zs, 3.0, 0.5, 2.3, fq) * floor_ok
+                      - win, 0, 1)
+        col = col * (F32(1.0) - win - frm)[:, None] + F32(0.8) * frm[:, None]
+        k = np.nonzero(win > 0)[0]
+        if k.size:
+            sk, zk = s[k], z[k]
+            glass = (F32(0.16) + F32(0.22) * (_noise2(tab, sk * F32(0.35) + F32(40.0), zk * F32(0.5)) - F32(0.3))
+                     + F32(0.06) * _fbm(tab, (sk, zk), fq[k], (2.0, 6.0), 0.7, 4.0))
+            col[k] += (glass * win[k])[:, None] * np.array([0.85, 0.95, 1.1], F32)
         col[nq[:, 2] > 0.5] = 0.3                      # roofs
         a[q] = col
     q = np.nonzero(mat == M_CARBODY)[0]
