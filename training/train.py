@@ -190,7 +190,8 @@ def make_kitti_dataset(cfg: Config, root: Path, split: str, training: bool, with
         raise SystemExit(f"error: data root {root} does not exist")
     refs = read_split_file(resolve_path(split)) if split else None
     return KittiDataset(
-        root, refs=refs, height=cfg.data.height, width=cfg.data.width, context=list(cfg.data.context),
+        root, refs=refs, height=cfg.data.height, width=cfg.data.width,
+        context=list(cfg.data.context) if training else [],  # validation needs no context frames
         augment=cfg.data.augment if training else None, with_gt=with_gt, gt_source=cfg.data.gt_source,
         training=training,
     )
@@ -291,7 +292,10 @@ class Trainer:
                 f"per process ({len(train_ds)} in total)")
         self.loader = DataLoader(self.train_items, batch_size=cfg.data.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, drop_last=True, collate_fn=collate,
-                                 pin_memory=device.type == "cuda", persistent_workers=False)
+                                 pin_memory=device.type == "cuda", persistent_workers=False,
+                                 # its own generator: creating an iterator must not draw from the
+                                 # global RNG, or a resumed run would shift the global stream
+                                 generator=torch.Generator().manual_seed(cfg.train.seed))
         self.val_loader = None
         if val_ds is not None and self.is_main:
             self.val_loader = DataLoader(val_ds, batch_size=cfg.data.val_batch_size, shuffle=False,
@@ -464,7 +468,8 @@ class Trainer:
             every = cfg.train.checkpoint_every_steps
             if every > 0 and self.global_step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
                 self.save("last.ckpt")
-            if self._budget_exhausted(start_time):
+            # at the epoch's last batch the budget is checked after the epoch-end work (fit)
+            if self.batch_in_epoch < self.steps_per_epoch and self._budget_exhausted(start_time):
                 bar.close()
                 return False
         bar.close()
