@@ -150,7 +150,7 @@ def test_semantics_depth_and_sky(drive7):
         sem = read_label_png(drive7 / f"semantic/image_02/{i:010d}.png")
         dyn = read_label_png(drive7 / f"dynamic/image_02/{i:010d}.png")
         depth = read_depth_png(drive7 / f"proj_depth/groundtruth/image_02/{i:010d}.png")
-        assert set(np.unique(sem).tolist()) <= ALLOWED_IDS
+        assert set(np.unique(sem).tolist()) <= ALLOWED_IDS == set(S.SEMANTIC_IDS)
         assert np.array_equal(sem == SKY, depth == 0), "sky exactly where depth is invalid"
         assert depth.max() <= S.MAX_RANGE + 0.01
         assert (sem == SKY)[: H // 4].mean() > (sem == SKY)[-H // 4:].mean()
@@ -219,7 +219,7 @@ def test_right_camera_is_stereo_shifted(drive7):
     scene, ego, times, _ = S.make_drive_scene(meta["frames"], meta["seed"], meta["speed"], meta["lead_car"])
     K = np.array(meta["K"])
     T2 = np.array(meta["T_world_cam02"][4])
-    T3 = T2 @ np.diag([1.0, 1, 1, 1]) @ np.array([[1, 0, 0, 0.54], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    T3 = T2 @ np.array([[1, 0, 0, 0.54], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     rgb3 = S.render_frame(scene.at(times[4]), T3, K, W, H)[0]
     assert np.array_equal(_png(drive7 / "image_03/data/0000000004.png")[..., ::-1], rgb3)
     # warp the right image into the left with the GT depth: close to the left image
@@ -349,6 +349,9 @@ def test_crosscheck_loader_agrees_with_generator(drive7):
         rel_oxts = np.linalg.inv(T_oxts[0]) @ T_oxts[i]
         assert np.abs(rel_true[:3, :3] - rel_oxts[:3, :3]).max() < 1e-6
         assert np.abs(rel_true[:3, 3] - rel_oxts[:3, 3]).max() < 1e-4
+    # the generator's own OXTS -> camera helper agrees with the loader
+    recs = np.array([[float(v) for v in p.read_text().split()] for p in sorted((drive7 / "oxts/data").iterdir())])
+    assert np.allclose(S.oxts_camera_poses(recs, calib.T_cam_imu(2)), T_oxts, atol=1e-9)
     # frame-to-frame motion ~ speed * dt, forward = camera +z
     step = np.linalg.inv(T_oxts[0]) @ T_oxts[1]
     assert step[2, 3] == pytest.approx(meta["speed"] * 0.1, rel=0.1)

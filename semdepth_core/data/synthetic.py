@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from semdepth_core.data.labels import ID, IGNORE, SKY
+from semdepth_core.data.labels import ID, SKY
 
 # ----------------------------------------------------------------------------------------------
 # constants of the synthetic world and rig
