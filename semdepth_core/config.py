@@ -83,6 +83,9 @@ class ModelConfig:
     guidance: bool = False  # pixel-adaptive convolutions guided by the semantic net
     pac_sigma_mode: str = "layer"  # layer | filter
     packnet_version: str = "1A"
+    decoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # Monodepth2 widths
+    mobilenet_head: bool = True  # False: MobileNetV2 stops at its 320-ch block 17 (compact models)
+    pose_width: float = 1.0  # width multiplier of the basic PoseNet
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
 
 
@@ -242,6 +245,9 @@ def _validate_ranges(cfg: Config) -> None:
         ("data.batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
         ("data.context", len(cfg.data.context) >= 1 and 0 not in cfg.data.context, "must list non-zero frame offsets"),
         ("model.min_depth", 0 < cfg.model.min_depth < cfg.model.max_depth, "must satisfy 0 < min_depth < max_depth"),
+        ("model.decoder_channels", len(cfg.model.decoder_channels) == 5 and min(cfg.model.decoder_channels) > 0,
+         "must list 5 positive widths (strides 1, 2, 4, 8, 16)"),
+        ("model.pose_width", 0 < cfg.model.pose_width <= 4, "must be in (0, 4]"),
         ("loss.ssim_alpha", 0.0 <= cfg.loss.ssim_alpha <= 1.0, "must be in [0, 1]"),
         ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),
         ("loss.smoothness_weight", cfg.loss.smoothness_weight >= 0, "must be >= 0"),

@@ -43,6 +43,7 @@ class DepthDecoder(nn.Module):
         guidance_channels: dict[int, int] | None = None,
         pac_sigma_mode: str = "layer",
         guide_dim: int | None = None,
+        num_ch_dec: list[int] | tuple[int, ...] = NUM_CH_DEC,
     ) -> None:
         super().__init__()
         if len(num_ch_enc) != 5:
@@ -51,6 +52,9 @@ class DepthDecoder(nn.Module):
             raise ValueError(f"DepthDecoder: num_scales must be in [1, 4], got {num_scales}")
         check_depth_range(min_depth, max_depth)
         self.num_ch_enc = list(num_ch_enc)
+        if len(num_ch_dec) != 5 or min(num_ch_dec) <= 0:
+            raise ValueError(f"DepthDecoder: num_ch_dec must list 5 positive widths, got {list(num_ch_dec)}")
+        self.num_ch_dec = dec = tuple(int(c) for c in num_ch_dec)
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         self.num_scales = num_scales
         self.guidance_channels = {int(s): int(c) for s, c in (guidance_channels or {}).items()}
@@ -60,14 +64,14 @@ class DepthDecoder(nn.Module):
         self.upconv0 = nn.ModuleList()  # index i: upconv{i}_0
         self.upconv1 = nn.ModuleList()  # index i: upconv{i}_1 (ConvBlock or GuidedConv)
         for i in range(5):
-            c_in = self.num_ch_enc[-1] if i == 4 else NUM_CH_DEC[i + 1]
-            self.upconv0.append(ConvBlock(c_in, NUM_CH_DEC[i]))
-            c_in = NUM_CH_DEC[i] + (self.num_ch_enc[i - 1] if i > 0 else 0)
+            c_in = self.num_ch_enc[-1] if i == 4 else dec[i + 1]
+            self.upconv0.append(ConvBlock(c_in, dec[i]))
+            c_in = dec[i] + (self.num_ch_enc[i - 1] if i > 0 else 0)
             if i in guided_levels:
-                self.upconv1.append(GuidedConv(c_in, NUM_CH_DEC[i], 3, "reflect", pac_sigma_mode, guide_dim))
+                self.upconv1.append(GuidedConv(c_in, dec[i], 3, "reflect", pac_sigma_mode, guide_dim))
             else:
-                self.upconv1.append(ConvBlock(c_in, NUM_CH_DEC[i]))
-        self.dispconv = nn.ModuleList([Conv3x3(NUM_CH_DEC[s], 1) for s in range(num_scales)])
+                self.upconv1.append(ConvBlock(c_in, dec[i]))
+        self.dispconv = nn.ModuleList([Conv3x3(dec[s], 1) for s in range(num_scales)])
         self.guides = nn.ModuleDict()
         if self.guidance_channels:
             for s, c in self.guidance_channels.items():

@@ -81,7 +81,7 @@ class MobileNetV2Encoder(nn.Module):
     divided by k. H and W must be multiples of 32.
     """
 
-    def __init__(self, pretrained_path: str | Path | None = None, in_ch: int = 3) -> None:
+    def __init__(self, pretrained_path: str | Path | None = None, in_ch: int = 3, head: bool = True) -> None:
         super().__init__()
         if in_ch < 3 or in_ch % 3:
             raise ValueError(f"MobileNetV2Encoder: in_ch must be a positive multiple of 3, got {in_ch}")
@@ -93,9 +93,12 @@ class MobileNetV2Encoder(nn.Module):
             for i in range(n):
                 layers.append(InvertedResidual(ch, c, s if i == 0 else 1, t))
                 ch = c
-        layers.append(_conv_bn_relu6(ch, 1280, 1, 1))
+        self.head = head
+        if head:  # head=False: stop at block 17 (320 ch at stride 32), a compact encoder
+            layers.append(_conv_bn_relu6(ch, 1280, 1, 1))
         self.features = nn.Sequential(*layers)
-        self.num_ch_enc = [16, 24, 32, 96, 1280]
+        self.taps = _TAPS if head else _TAPS[:-1] + (17,)
+        self.num_ch_enc = [16, 24, 32, 96, 1280 if head else 320]
         self._init_weights()
         if pretrained_path:
             self.load_pretrained(pretrained_path)
@@ -111,7 +114,7 @@ class MobileNetV2Encoder(nn.Module):
     def load_pretrained(self, path: str | Path) -> None:
         """Load the `features.*` state_dict with strict=True (a `classifier.*` head is ignored)."""
         sd = {k: v for k, v in load_state_dict_file(path, "MobileNetV2").items()
-              if not k.startswith("classifier.")}
+              if not k.startswith("classifier.") and (self.head or not k.startswith("features.18."))}
         if "features.0.0.weight" in sd:
             sd["features.0.0.weight"] = adapt_first_conv(sd["features.0.0.weight"], self.in_ch)
         try:
@@ -125,6 +128,6 @@ class MobileNetV2Encoder(nn.Module):
         feats = []
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if i in _TAPS:
+            if i in self.taps:
                 feats.append(x)
         return feats  # strides 2, 4, 8, 16, 32

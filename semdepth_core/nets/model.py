@@ -77,7 +77,7 @@ class DepthModel(nn.Module):
             if cfg.depth_net == "mobilenetv2":
                 from .mobilenetv2 import MobileNetV2Encoder
 
-                self.encoder = MobileNetV2Encoder(pretrained)
+                self.encoder = MobileNetV2Encoder(pretrained, head=cfg.mobilenet_head)
             else:
                 from .resnet import ResNetEncoder
 
@@ -85,7 +85,8 @@ class DepthModel(nn.Module):
             from .depth_decoder import DepthDecoder
 
             self.decoder = DepthDecoder(self.encoder.num_ch_enc, cfg.min_depth, cfg.max_depth, num_scales=4,
-                                        guidance_channels=guidance_channels, pac_sigma_mode=cfg.pac_sigma_mode)
+                                        guidance_channels=guidance_channels, pac_sigma_mode=cfg.pac_sigma_mode,
+                                        num_ch_dec=cfg.decoder_channels)
 
     # training helpers -----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "DepthModel":
@@ -151,5 +152,5 @@ def build_models(cfg: ModelConfig, num_context: int = 2,
             raise FileNotFoundError(f"model.pose_pretrained: weights file not found: {cfg.pose_pretrained}")
         pose = PoseNet(num_context, _pose_encoder_for(cfg.pose_pretrained), cfg.pose_pretrained)
     else:
-        pose = PoseNet(num_context, "basic")
+        pose = PoseNet(num_context, "basic", width=cfg.pose_width)
     return depth, pose

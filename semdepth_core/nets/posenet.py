@@ -37,7 +37,7 @@ class PoseNet(nn.Module):
     """forward(target[B,3,H,W], contexts: list of N [B,3,H,W]) -> [B, N, 6] pose vectors of T_ctx_tgt."""
 
     def __init__(self, num_context: int = 2, encoder: str = "basic",
-                 pretrained_path: str | Path | None = None) -> None:
+                 pretrained_path: str | Path | None = None, width: float = 1.0) -> None:
         super().__init__()
         if num_context < 1:
             raise ValueError(f"PoseNet: num_context must be >= 1, got {num_context}")
@@ -52,7 +52,7 @@ class PoseNet(nn.Module):
         out_ch = 6 * num_context
         if encoder == "basic":
             self.normalize = ImageNetNormalize()
-            widths = (16, 32, 64, 128, 256, 256, 256)
+            widths = tuple(max(16, int(round(c * width / 16)) * 16) for c in (16, 32, 64, 128, 256, 256, 256))  # GroupNorm(16)
             kernels = (7, 5, 3, 3, 3, 3, 3)
             convs, c = [], in_ch
             for w, k in zip(widths, kernels):
