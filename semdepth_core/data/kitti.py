@@ -50,6 +50,15 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_text_file(path: PathLike, what: str) -> str:
+    """The text of a KITTI text file; missing or not UTF-8/ASCII text -> KittiFormatError."""
+    path = _require_file(Path(path), what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KittiFormatError(f"{path}: {what} is not text (byte {exc.start}: {exc.reason})") from None
+
+
 def frame_name(frame: int, ext: str) -> str:
     """KITTI file name of a frame: 10-digit zero-padded index plus extension ('png', 'txt', 'bin')."""
     return f"{int(frame):010d}.{ext}"
@@ -66,9 +75,10 @@ def read_calib_file(path: PathLike) -> dict[str, np.ndarray | str]:
     `calib_time: 09-Jan-2012 13:57:47`) are kept as the stripped string. A line without a colon,
     with an empty key or value, a duplicate key, or mixing numbers and text raises KittiFormatError.
     """
-    path = _require_file(Path(path), "calibration file")
+    path = Path(path)
+    text = read_text_file(path, "calibration file")
     out: dict[str, np.ndarray | str] = {}
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
@@ -290,8 +300,8 @@ def parse_oxts_line(line: str, source: str = "<oxts>") -> OxtsPacket:
 
 def read_oxts(path: PathLike) -> OxtsPacket:
     """Read one OXTS file (a single line of 30 numbers)."""
-    path = _require_file(Path(path), "OXTS file")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    path = Path(path)
+    lines = [ln for ln in read_text_file(path, "OXTS file").splitlines() if ln.strip()]
     if len(lines) != 1:
         raise KittiFormatError(f"{path}: expected exactly one OXTS line, found {len(lines)}")
     return parse_oxts_line(lines[0], str(path))
@@ -351,8 +361,8 @@ def read_timestamps(path: PathLike) -> np.ndarray:
     Nanosecond strings are parsed exactly (datetime64[ns]) before conversion to float seconds.
     Trailing blank lines are ignored; any other malformed line raises KittiFormatError.
     """
-    path = _require_file(Path(path), "timestamps file")
-    lines = path.read_text().rstrip("\n\r \t").splitlines()
+    path = Path(path)
+    lines = read_text_file(path, "timestamps file").rstrip("\n\r \t").splitlines()
     for lineno, ln in enumerate(lines, start=1):
         if not _TS_RE.match(ln.strip()):
             raise KittiFormatError(f"{path}:{lineno}: malformed timestamp {ln!r}")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from semdepth_core.data.kitti import KittiDrive, KittiFormatError, _require_file, find_drives
+from semdepth_core.data.kitti import KittiDrive, KittiFormatError, find_drives, read_text_file
 
 _NAME = r"[^/\s]+"
 _DRIVE = r"[^/\s]*_drive_[^/\s]*_sync"
@@ -66,9 +66,9 @@ def parse_split_line(line: str, lineno: int | None = None, source: str = "<split
 
 def read_split_file(path: str | Path) -> list[SampleRef]:
     """All `SampleRef`s of a split file (either format, even mixed), in file order."""
-    path = _require_file(Path(path), "split file")
+    path = Path(path)
     refs = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text_file(path, "split file").splitlines(), start=1):
         ref = parse_split_line(line, lineno, str(path))
         if ref is not None:
             refs.append(ref)
