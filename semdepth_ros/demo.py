@@ -94,7 +94,7 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
 
     def on_points(msg):
         with lock:
-            out.points[stamp(msg)] = C.pointcloud2_to_array(msg)
+            out.points[stamp(msg)] = C.pointcloud2_to_array(msg).reshape(-1)
 
     def on_diag(msg):
         for st in msg.status:
