@@ -231,14 +231,15 @@ def test_auto_backend_resolution():
         resolve_backend("openvino", "cpu")
 
 
-def test_tensorrt_predictor_matches_torch(guided_ckpt, kitti_rgb, predictors):
+def test_tensorrt_predictor_matches_torch(request):
     try:
         import tensorrt  # noqa: F401
     except Exception as exc:
         pytest.skip(f"TensorRT not importable ({type(exc).__name__}: {exc}); the TensorRT backend cannot run here")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT is installed but no CUDA device is visible")
-    pt, _, cache = predictors
+    guided_ckpt, kitti_rgb = request.getfixturevalue("guided_ckpt"), request.getfixturevalue("kitti_rgb")
+    pt, _, cache = request.getfixturevalue("predictors")
     trt_pred = load_predictor(guided_ckpt, backend="tensorrt", device="cuda", engine_cache_dir=cache)
     assert trt_pred.backend_name == "tensorrt"
     a, b = pt.predict(kitti_rgb), trt_pred.predict(kitti_rgb)
