@@ -544,25 +544,29 @@ def _trace(prims, o, D, invD, regions):
 
 
 def _normals(prims, pid, P):
-    """Unit surface normals of hit points P [N,3] on primitives pid [N] (>= 0)."""
+    """Unit surface normals (float32) of hit points P [N,3] on primitives pid [N] (>= 0)."""
     kind = prims["kind"][pid]
-    n = np.zeros(P.shape, np.float32)
+    n = np.zeros(P.shape, F32)
     bx = np.nonzero(kind == BOX)[0]
     if bx.size:
-        dl = np.abs(P[bx] - prims["lo"][pid[bx]])
-        dh = np.abs(P[bx] - prims["hi"][pid[bx]])
-        dm = np.minimum(dl, dh)
-        ax = np.argmin(dm, 1)
-        low = np.take_along_axis(dl, ax[:, None], 1)[:, 0] < np.take_along_axis(dh, ax[:, None], 1)[:, 0]
-        n[bx, ax] = np.where(low, -1.0, 1.0)
+        # the face hit is the one the point lies on: smallest distance to a slab boundary
+        ib = pid[bx]
+        dl = [np.abs(P[bx, k] - prims["lo"][ib, k].astype(F32)) for k in range(3)]
+        dh = [np.abs(P[bx, k] - prims["hi"][ib, k].astype(F32)) for k in range(3)]
+        dm = [np.minimum(dl[k], dh[k]) for k in range(3)]
+        on0 = (dm[0] <= dm[1]) & (dm[0] <= dm[2])
+        on1 = ~on0 & (dm[1] <= dm[2])
+        on2 = ~on0 & ~on1
+        for k, on in enumerate((on0, on1, on2)):
+            n[bx, k] = np.where(on, np.where(dl[k] < dh[k], F32(-1.0), F32(1.0)), F32(0.0))
     cy = np.nonzero(kind == CYL)[0]
     if cy.size:
-        rr = P[cy, :2] - prims["ctr"][pid[cy], :2]
-        n[cy, :2] = rr / np.linalg.norm(rr, axis=1, keepdims=True)
+        rr = P[cy, :2] - prims["ctr"][pid[cy], :2].astype(F32)
+        n[cy, :2] = rr / np.sqrt((rr * rr).sum(1, keepdims=True))
     sp = np.nonzero(kind == SPHERE)[0]
     if sp.size:
-        rr = P[sp] - prims["ctr"][pid[sp]]
-        n[sp] = rr / np.linalg.norm(rr, axis=1, keepdims=True)
+        rr = P[sp] - prims["ctr"][pid[sp]].astype(F32)
+        n[sp] = rr / np.sqrt((rr * rr).sum(1, keepdims=True))
     return n
 
 
@@ -655,11 +659,12 @@ def _grazing(fp, cos):
 
 
 def _shade_points(scene: Scene, P, pid, fp, dirs):
-    """Albedo (RGB in [0,1], float32 [N,3]) and unit normals of hit points P [N,3] (float64,
+    """Albedo (RGB in [0,1], float32 [N,3]) and unit normals of hit points P [N,3] (float32,
     scene frame) with hit codes pid [N], isotropic pixel footprints fp [N] (m) and unit ray
     directions dirs [N,3]."""
     tab = scene.noise_flat
     pr = scene.prims
+    P = np.asarray(P, F32)
     N = P.shape[0]
     fp = np.maximum(fp, 1e-4).astype(F32)
     dirs = np.asarray(dirs, F32)
@@ -669,7 +674,7 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
     # ------------------------------------------------------------------ ground
     m = np.nonzero(pid == HIT_ROAD)[0]
     if m.size:
-        x, y, f = P[m, 0].astype(F32), P[m, 1].astype(F32), _grazing(fp[m], dirs[m, 2])
+        x, y, f = P[m, 0], P[m, 1], _grazing(fp[m], dirs[m, 2])
         g = F32(0.31) + F32(0.17) * _fbm(tab, (x, y), f, (0.35, 1.3, 3.1, 7.0, 15.0, 31.0, 63.0), gain=0.85)
         # markings: dashed centre line, solid lane edges
         cov = _band(y, -0.075, 0.075, f) * _pband(x, 9.0, 0.0, 3.0, f)
@@ -678,7 +683,7 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
         alb[m] = g[:, None] * np.array([1.0, 1.0, 1.04], F32)
     m = np.nonzero(pid == HIT_SIDEWALK)[0]
     if m.size:
-        x, y, f = P[m, 0].astype(F32), P[m, 1].astype(F32), _grazing(fp[m], dirs[m, 2])
+        x, y, f = P[m, 0], P[m, 1], _grazing(fp[m], dirs[m, 2])
         tile = 0.4
         ix, iy = np.floor(x / F32(tile)).astype(np.int32), np.floor(y / F32(tile)).astype(np.int32)
         tv = tab.take(((ix * 7) & 255) << 8 | ((iy * 13 + 101) & 255)) - F32(0.5)
@@ -690,7 +695,7 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
         alb[m] = g[:, None] * np.array([1.0, 0.97, 0.93], F32)
     m = np.nonzero(pid == HIT_CURB)[0]
     if m.size:
-        x, z, f = P[m, 0].astype(F32), P[m, 2].astype(F32), _grazing(fp[m], dirs[m, 1])
+        x, z, f = P[m, 0], P[m, 2], _grazing(fp[m], dirs[m, 1])
         g = F32(0.62) + F32(0.16) * _fbm(tab, (x, z), f, (2.0, 7.0, 19.0, 45.0), 0.85, 5.0)
         alb[m] = g[:, None]
         nrm[m] = 0.0
@@ -703,8 +708,8 @@ def _shade_points(scene: Scene, P, pid, fp, dirs):
     Pm = P[mp]
     n = _normals(pr, ids, Pm)
     nrm[mp] = n
-    L = (Pm - pr["origin"][ids]).astype(F32)          # object-local coordinates (texture frame)
-    Pw = Pm.astype(F32)
+    L = Pm - pr["origin"][ids].astype(F32)            # object-local coordinates (texture frame)
+    Pw = Pm
     a = np.zeros((ids.size, 3), F32)
     mat = pr["mat"][ids]
     base = pr["color"][ids].astype(F32)
@@ -884,7 +889,7 @@ def render_frame(scene: Scene, T_world_cam, K, W: int, H: int):
     Dflat = D.reshape(-1, 3)
     Dh = Dflat[hi]
     th = t.ravel()[hi]
-    P = o + th[:, None].astype(np.float64) * Dh
+    P = (o + th[:, None].astype(np.float64) * Dh).astype(F32)
     nD = np.sqrt((Dh * Dh).sum(1))
     fp = th * nD / F32(K[0, 0])
     alb, nrm = _shade_points(scene, P, p, fp, Dh / nD[:, None])
@@ -958,7 +963,7 @@ def render_lidar(scene: Scene, T_world_velo, seed: int = 0):
     ok = np.isfinite(t) & (t >= LIDAR_MIN_RANGE)
     tt = t[ok].astype(np.float64)
     pts_v = Dv[ok] * tt[:, None]
-    P = o + D[ok].astype(np.float64) * tt[:, None]
+    P = (o + D[ok].astype(np.float64) * tt[:, None]).astype(F32)
     alb, _ = _shade_points(scene, P, pid[ok], np.maximum(tt * np.deg2rad(0.4), 0.01), D[ok])
     rng = np.random.default_rng([int(seed), 77])
     refl = np.clip(alb.mean(1) * 0.8 + 0.04 * rng.standard_normal(alb.shape[0]), 0.0, 0.99)
