@@ -437,3 +437,21 @@ def test_dense_depth_is_exact_geometry(drive7):
         assert np.abs(Xw[2]).max() < 0.01
         assert np.all(np.abs(Xw[1]) <= S.ROAD_HALF + 0.01)
     assert math.isclose(meta["baseline"], 0.54, abs_tol=1e-6)
+
+
+def test_warp_round_trip_at_training_resolution(tmp_path):
+    """At 640x192 the photometric round trip is tighter and a 10% depth error at least doubles it."""
+    d = S.generate_drive(tmp_path, frames=2, seed=21, width=640, height=192)
+    drive = KittiDrive(d)
+    poses = drive.camera_poses(drive.frames)
+    K = torch.tensor(drive.calib.K(2), dtype=torch.float32)[None]
+    tgt, src = (torch.tensor(drive.load_image(f)).permute(2, 0, 1)[None].float() / 255.0 for f in (0, 1))
+    depth = read_depth_png(drive.dense_depth_path(0))
+    static = (depth > 0) & (read_label_png(drive.semantic_path(0)) != SKY) & (read_label_png(drive.dynamic_path(0)) == 0)
+    T = torch.tensor(np.linalg.inv(poses[1]) @ poses[0], dtype=torch.float32)[None]
+    errs = []
+    for scale in (1.0, 1.1):
+        warped, valid = view_synthesis(src, torch.tensor(depth * scale)[None, None], T, K)
+        m = static & (valid[0, 0].numpy() > 0)
+        errs.append((warped - tgt).abs().mean(1)[0].numpy()[m].mean())
+    assert errs[0] < 0.02 and errs[1] > 1.6 * errs[0], errs

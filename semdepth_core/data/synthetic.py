@@ -9,6 +9,17 @@ stay photometrically consistent.
 Scene frame ("world" of `render_frame`): x along the road (forward), y left, z up, road surface
 at z = 0. Ego traffic keeps right (ego lane centre at y = -1.75 m).
 
+Every sensor sees the scene up to MAX_RANGE = 120 m along the ray (a far clip, so that primitive
+culling never changes the image); beyond it a pixel shows the sky (depth 0, trainId 10), as does
+the sky itself, which is a function of the view direction only (infinitely far).
+
+Rig and OXTS: camera 2 = rectified camera 0 (P_rect_02 has no offset, R_rect_00 = I), camera 3 sits
+0.54 m to its right; velodyne and IMU follow KITTI's lever arms. The OXTS records are generated
+from the true IMU trajectory through the devkit Mercator projection (scale = cos(lat of the first
+packet)), so `T_world_cam = T_world_imu(oxts) @ inv(T_cam_velo @ T_velo_imu)` reproduces the
+rendered camera poses up to the (fixed) heading of the street. Velocities are in the level
+(heading) frame, accelerations are specific forces (gravity included) from finite differences.
+
 Outputs per drive (DATE = out_root/date):
   DATE/calib_cam_to_cam.txt, calib_velo_to_cam.txt, calib_imu_to_velo.txt
   DATE/DATE_drive_NNNN_sync/{image_02,image_03}/data/*.png + timestamps.txt
