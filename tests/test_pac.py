@@ -45,6 +45,23 @@ def test_matches_unfold_reference_forward_and_backward(k, dilation, mode, stride
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), f"{name}: {(a - b).abs().max()}"
 
 
+@pytest.mark.parametrize("padding,mode", [(0, "layer"), (0, "filter"), (2, "layer")])
+def test_other_paddings_match_reference(padding, mode):
+    """padding=0 on pre-padded inputs (how the decoder uses it) and padding wider than the window."""
+    torch.manual_seed(1)
+    layer = PacConv2d(6, 5, 3, padding=padding, sigma_mode=mode, init_sigma=4.0)
+    x = torch.randn(2, 6, 9, 12, requires_grad=True)
+    g = torch.randn(2, 32, 9, 12, requires_grad=True)  # D = 32 as the guidance branch
+    out = layer(x, g)
+    ref = pac_conv2d_reference(x, g, layer.weight, layer.bias, layer.sigma, 1, padding, 1)
+    assert out.shape == ref.shape == (2, 5, 9 - 2 + 2 * padding, 12 - 2 + 2 * padding)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    ga = torch.autograd.grad(out.square().sum(), (x, g, layer.log_sigma))
+    gb = torch.autograd.grad(ref.square().sum(), (x, g, layer.log_sigma))
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_no_grad_path_equals_training_path():
     layer = _layer(4, 6, 3, 1, "filter")
     x, g = torch.randn(1, 4, 9, 10), torch.randn(1, 3, 9, 10)
@@ -57,15 +74,18 @@ def test_no_grad_path_equals_training_path():
 @pytest.mark.parametrize("mode", ["layer", "filter"])
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 1)])
 def test_gradcheck_float64(mode, stride, dilation):
-    layer = _layer(3, 4, 3, dilation, mode, stride, dtype=torch.float64)
-    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
-    g = (0.5 * torch.randn(2, 2, 6, 7, dtype=torch.float64)).requires_grad_()
+    # full Jacobian for the basic case (kept tiny), random-projection ("fast") check for the variants
+    full = mode == "layer" and stride == 1 and dilation == 1
+    B, cin, cout, D, H, W = (1, 2, 3, 2, 5, 5) if full else (2, 3, 4, 2, 6, 7)
+    layer = _layer(cin, cout, 3, dilation, mode, stride, dtype=torch.float64)
+    x = torch.randn(B, cin, H, W, dtype=torch.float64, requires_grad=True)
+    g = (0.5 * torch.randn(B, D, H, W, dtype=torch.float64)).requires_grad_()
     params = (layer.weight, layer.bias, layer.log_sigma)
 
     def fn(x_, g_, w_, b_, s_):
         return pac_conv2d(x_, g_, w_, b_, s_, stride, layer.padding, dilation)
 
-    assert torch.autograd.gradcheck(fn, (x, g) + params, eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(fn, (x, g) + params, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=not full)
 
 
 @pytest.mark.parametrize("mode", ["layer", "filter"])

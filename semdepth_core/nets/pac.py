@@ -3,17 +3,20 @@
     v'_i = sum_{j in Omega(i)} K(f_i, f_j) W[p_i - p_j] v_j + b                      (Eq. 4)
     K(f_i, f_j) = exp(-1/2 ||f_i - f_j||^2 / sigma^2)                                 (Eq. 5)
 
-Memory-efficient formulation: instead of unfolding the input into k*k*Cin*H*W, the layer loops
-over the k*k kernel offsets o. For each offset it takes a shifted (strided) view x_o of the
-zero-padded input, projects it with the 1x1 weight slice W[:, :, o] (y_o = W_o x_o, [B,Cout,H',W']),
-multiplies by the per-pixel kernel map K_o = exp(-1/2 d_o / sigma^2), where
-d_o = sum_D (f_centre - f_o)^2 comes from shifted guide differences, and accumulates.
-
-Training uses a custom autograd Function whose backward recomputes the (cheap) kernel maps per
-offset, so the only tensors kept for backward are x, guide, weight and sigma -- the same order of
-memory as a plain convolution (which keeps x and weight). Tracing / ONNX export and no-grad
-inference use the same per-offset loop written with standard ops only (pad, slice, conv, mul,
-sum, exp), so the layer exports to ONNX opset 17 without custom operators.
+Memory-efficient formulation: the input is never unfolded (no k*k*Cin*H*W tensor). The layer
+loops over the k*k kernel taps o; each tap contributes K_o * (W[:, :, o] x_o), where x_o is the
+input shifted by o, W[:, :, o] a [Cout,Cin] matrix (a 1x1 convolution) and K_o the per-pixel
+kernel map exp(-1/2 d_o / sigma^2) with d_o = sum_D (f_centre - f_o)^2 from shifted guide
+differences.
+- Stride 1 (training and inference): the zero-padded maps are flattened so every shifted view is
+  a contiguous range (see `_Flat`); per tap one GEMM on a view, accumulated in place (with a
+  per-layer sigma K_o moves to the input side and the GEMM accumulates W_o (K_o x_o) directly).
+  Mirrored taps share one guide-distance evaluation. A custom autograd Function recomputes the
+  kernel maps in backward, so the tensors kept for backward are x, guide, weight and sigma only:
+  the same order of memory as nn.Conv2d (which keeps x and weight).
+- Stride 2: the same loop on strided slices of the padded maps (`_pac_loop` + its backward).
+- Tracing / ONNX export: `_pac_loop` with standard ops only (pad, slice, conv 1x1, mul, sum, exp),
+  out of place, so the layer exports to ONNX opset 17 with no custom operator.
 
 Border handling: x is zero-padded; the guide is zero-padded too, and a neighbour outside the
 image contributes nothing because its x value is zero (so its kernel value is irrelevant and
@@ -73,6 +76,162 @@ def _pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation):
     return out  # [B,Cout,Ho,Wo]
 
 
+class _Flat:
+    """Stride-1 layout: the zero-padded maps flattened row-major, one extra zero row at the bottom.
+
+    Output pixel (i, j) sits at flat index q = i*Wp + j of an Ho x Wp grid (columns j >= Wo are
+    scratch and discarded), and kernel tap (a, b) reads input index q + a*d*Wp + b*d, so every
+    shifted view x_o is a plain contiguous range of the flat input: the per-offset products are
+    GEMMs on views, with no copy of the input and no unfolding.
+    """
+
+    def __init__(self, x, k, padding, dilation):
+        B, _, H, W = x.shape
+        p = padding
+        self.H, self.W, self.p, self.d, self.k = H, W, p, dilation, k
+        self.Hp, self.Wp = H + 2 * p, W + 2 * p
+        self.Ho, self.Wo = _out_size(H, k, 1, p, dilation), _out_size(W, k, 1, p, dilation)
+        self.L = self.Ho * self.Wp  # flat output length (with Wp - Wo scratch columns per row)
+        c = (k - 1) // 2
+        self.centre = c * dilation * (self.Wp + 1)
+
+    def pad(self, t):
+        """[B,C,H,W] -> zero-padded flat [B,C,(Hp+1)*Wp]."""
+        p = self.p
+        return F.pad(t, (p, p, p, p + 1)).flatten(2)
+
+    def unpad(self, tf):
+        """Flat padded [B,C,(Hp+1)*Wp] -> [B,C,H,W] (a view)."""
+        p = self.p
+        return tf.unflatten(2, (self.Hp + 1, self.Wp))[:, :, p:p + self.H, p:p + self.W]
+
+    def offsets(self):
+        """Flat start index of every kernel tap (a, b), row-major like weight[:, :, a, b]."""
+        for a in range(self.k):
+            for b in range(self.k):
+                yield a, b, (a * self.Wp + b) * self.d
+
+    def window(self, tf, off):
+        """The L-long view of flat tf starting at off: [B,C,L]."""
+        return tf[:, :, off:off + self.L]
+
+
+def _tap_pairs(fl: "_Flat"):
+    """Kernel taps as mirrored pairs ((a,b,off), (a',b',off'), s) with s = off - centre > 0.
+
+    The squared guide distance of a tap and of its mirror are the same map shifted by s:
+    E(r) = ||f[r] - f[r+s]||^2 gives d_{+s}(q) = E(centre+q) and d_{-s}(q) = E(centre+q-s), so one
+    evaluation over L+s positions serves both taps (half the guide work). The centre tap has K = 1.
+    """
+    taps = list(fl.offsets())
+    n = len(taps)
+    return [(taps[n - 1 - t], taps[t], taps[n - 1 - t][2] - fl.centre) for t in range(n // 2)]
+
+
+def _pair_kernel(gf, fl: "_Flat", s: int, coef):
+    """Eq. 5 for a mirrored tap pair: diff [B,D,L+s], E [B,1,L+s] and K = exp(coef*E) [B,S,L+s]."""
+    start = fl.centre - s
+    diff = gf[:, :, start:start + fl.L + s] - gf[:, :, fl.centre:fl.centre + fl.L + s]  # f_r - f_{r+s}
+    E = torch.linalg.vector_norm(diff, dim=1, keepdim=True).square()  # ||f_r - f_{r+s}||^2
+    return diff, E, torch.exp(E * coef)
+
+
+def _pac_flat_forward(x, guide, weight, bias, log_sigma, padding, dilation):
+    """Eq. 4 for stride 1 (no autograd): per tap one GEMM on a view, accumulated in place."""
+    B, Cin = x.shape[:2]
+    Cout, k = weight.shape[0], weight.shape[-1]
+    fl = _Flat(x, k, padding, dilation)
+    xf, gf = fl.pad(x), fl.pad(guide)  # [B,Cin,Lf], [B,D,Lf]
+    wk = weight.permute(2, 3, 0, 1).contiguous()  # [k,k,Cout,Cin]
+    coef = _kernel_coef(log_sigma).reshape(1, -1, 1)  # [1,S,1]
+    per_filter = log_sigma.numel() != 1
+    L = fl.L
+    out = x.new_zeros(B, Cout, L)  # [B,Cout,L]
+    if bias is not None:
+        out += bias.reshape(1, -1, 1)
+    z = None if per_filter else x.new_empty(Cin, L)  # K_o * x_o buffer
+    c = (k - 1) // 2
+    x_c = fl.window(xf, fl.centre)
+    for i in range(B):  # centre tap: K(f_i, f_i) = 1
+        out[i].addmm_(wk[c, c], x_c[i])
+    for (a, b, off), (a2, b2, off2), s in _tap_pairs(fl):
+        _, _, Kx = _pair_kernel(gf, fl, s, coef)  # [B,S,L+s]
+        for (ta, tb, toff), K in (((a, b, off), Kx[..., s:s + L]), ((a2, b2, off2), Kx[..., :L])):
+            x_o = fl.window(xf, toff)  # [B,Cin,L] view
+            w_o = wk[ta, tb]  # [Cout,Cin]
+            for i in range(B):
+                if per_filter:
+                    out[i].addcmul_(K[i], w_o @ x_o[i])
+                else:  # K is shared by all channels: W_o (K x_o), accumulated by the GEMM itself
+                    torch.mul(x_o[i], K[i], out=z)
+                    out[i].addmm_(w_o, z)
+    return out.unflatten(2, (fl.Ho, fl.Wp))[..., :fl.Wo].contiguous()  # [B,Cout,Ho,Wo]
+
+
+def _pac_flat_backward(grad_out, x, guide, weight, log_sigma, padding, dilation, needs):
+    """Gradients of Eq. 4-5 for stride 1, recomputing the kernel maps pair of taps by pair."""
+    need_x, need_g, need_w, need_s = needs
+    B = x.shape[0]
+    k = weight.shape[-1]
+    fl = _Flat(x, k, padding, dilation)
+    L = fl.L
+    xf, gf = fl.pad(x), fl.pad(guide)
+    wk = weight.permute(2, 3, 0, 1).contiguous()  # [k,k,Cout,Cin]
+    wkt = wk.transpose(2, 3).contiguous()  # [k,k,Cin,Cout]
+    coef = _kernel_coef(log_sigma).reshape(1, -1, 1)  # [1,S,1]
+    per_filter = log_sigma.numel() != 1
+    # grad_out on the Ho x Wp grid with zeros in the scratch columns: they then contribute nothing
+    go = F.pad(grad_out, (0, fl.Wp - fl.Wo)).flatten(2)  # [B,Cout,L]
+    gxf = torch.zeros_like(xf) if need_x else None
+    ggf = torch.zeros_like(gf) if need_g else None
+    gwk = torch.zeros_like(wk) if need_w else None  # [k,k,Cout,Cin]
+    gcoef = torch.zeros_like(coef) if need_s else None
+    need_k = need_g or need_s
+    c = (k - 1) // 2
+
+    def tap_grads(ta, tb, toff, K):
+        """Accumulate dL/dx, dL/dW for one tap; return dL/dK [B,S,L] (or None)."""
+        x_o = fl.window(xf, toff)  # [B,Cin,L]
+        gK = (x.new_empty(B, K.shape[1], L) if need_k else None) if K is not None else None
+        for i in range(B):
+            gy = go[i] if K is None else go[i] * K[i]  # dL/dy_o = g K (per pixel, or per pixel and filter)
+            if need_x:  # W_o^T (g K): with a shared K this equals K (W_o^T g)
+                fl.window(gxf, toff)[i].addmm_(wkt[ta, tb], gy)
+            if need_w:
+                gwk[ta, tb].addmm_(gy, x_o[i].t())
+            if gK is not None:
+                if per_filter:
+                    torch.mul(go[i], wk[ta, tb] @ x_o[i], out=gK[i])  # g * (W_o x_o)
+                else:
+                    gK[i] = (wkt[ta, tb] @ go[i]).mul_(x_o[i]).sum(dim=0, keepdim=True)  # sum_cin (W^T g) x
+        return gK
+
+    tap_grads(c, c, fl.centre, None)  # centre tap: K = 1, no kernel gradient
+    for (a, b, off), (a2, b2, off2), s in _tap_pairs(fl):
+        diff, E, Kx = _pair_kernel(gf, fl, s, coef)  # [B,D,L+s], [B,1,L+s], [B,S,L+s]
+        GE = torch.zeros_like(E) if need_g else None  # dL/dE [B,1,L+s]
+        for (ta, tb, toff), sl in (((a, b, off), slice(s, s + L)), ((a2, b2, off2), slice(0, L))):
+            K = Kx[..., sl]
+            gK = tap_grads(ta, tb, toff, K)
+            if gK is None:
+                continue
+            gKK = gK.mul_(K)  # dL/d(coef * E) [B,S,L]
+            if need_s:
+                gcoef += (gKK * E[..., sl]).sum(dim=(0, 2), keepdim=True)
+            if need_g:
+                GE[..., sl] += (gKK * coef).sum(dim=1, keepdim=True)
+        if need_g:
+            gdiff = diff.mul_(GE.mul_(2.0))  # dL/d(f_r - f_{r+s}) [B,D,L+s]
+            start = fl.centre - s
+            ggf[:, :, start:start + L + s] += gdiff
+            ggf[:, :, fl.centre:fl.centre + L + s] -= gdiff
+    gx = fl.unpad(gxf) if need_x else None
+    gg = fl.unpad(ggf) if need_g else None
+    gw = gwk.permute(2, 3, 0, 1).contiguous() if need_w else None
+    gs = (gcoef * (-2.0 * coef)).reshape(log_sigma.shape) if need_s else None
+    return gx, gg, gw, gs
+
+
 class _PacFunction(torch.autograd.Function):
     """Eq. 4-5 with a hand-written backward that recomputes per-offset kernel maps (low memory)."""
 
@@ -80,6 +239,8 @@ class _PacFunction(torch.autograd.Function):
     def forward(ctx, x, guide, weight, bias, log_sigma, stride, padding, dilation):
         ctx.conf = (stride, padding, dilation, bias is not None)
         ctx.save_for_backward(x, guide, weight, log_sigma)
+        if stride == 1:
+            return _pac_flat_forward(x, guide, weight, bias, log_sigma, padding, dilation)
         return _pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation)
 
     @staticmethod
@@ -87,6 +248,12 @@ class _PacFunction(torch.autograd.Function):
         x, guide, weight, log_sigma = ctx.saved_tensors
         stride, padding, dilation, has_bias = ctx.conf
         need_x, need_g, need_w, need_b, need_s = ctx.needs_input_grad[:5]
+        gb = grad_out.sum(dim=(0, 2, 3)) if (has_bias and need_b) else None
+        if stride == 1:
+            gx, gg, gw, gs = _pac_flat_backward(grad_out, x, guide, weight, log_sigma, padding, dilation,
+                                                (need_x, need_g, need_w, need_s))
+            return gx, gg, gw, gb, gs, None, None, None
+        # stride 2: strided slices of the padded maps (the flat trick needs stride 1)
         k = weight.shape[-1]
         c = (k - 1) // 2
         B, Cin, H, W = x.shape
@@ -142,7 +309,6 @@ class _PacFunction(torch.autograd.Function):
                         ggp[:, :, rs, cs] -= gdiff
         gx = gxp[:, :, p:p + H, p:p + W] if need_x else None
         gg = ggp[:, :, p:p + H, p:p + W] if need_g else None
-        gb = go.sum(dim=(0, 2, 3)) if (has_bias and need_b) else None
         # coef = -1/2 exp(-2 log_sigma)  =>  d coef / d log_sigma = -2 coef
         gs = (gcoef * (-2.0 * coef)).reshape(log_sigma.shape) if need_s else None
         return gx, gg, gw, gb, gs, None, None, None
@@ -167,8 +333,13 @@ def pac_conv2d(x, guide, weight, bias=None, log_sigma=None, stride=1, padding=1,
     if log_sigma is None:
         log_sigma = x.new_zeros(1)
     tensors = (x, guide, weight, log_sigma) + ((bias,) if bias is not None else ())
-    if tracing or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+    if tracing:  # standard ops only, out of place: exports to ONNX
         return _pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation)
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+        with torch.no_grad():
+            if stride == 1:
+                return _pac_flat_forward(x, guide, weight, bias, log_sigma, padding, dilation)
+            return _pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation)
     return _PacFunction.apply(x, guide, weight, bias, log_sigma, stride, padding, dilation)
 
 
