@@ -127,9 +127,13 @@ def test_unwritable_output_dir_fails_early_with_its_path(config_file, tmp_path):
 
 def test_max_minutes_budget_stops_cleanly_with_a_checkpoint(config_file, tmp_path):
     assert _train(["--config", str(config_file), "--set", f"train.out_dir={tmp_path}",
-                   "--set", "train.max_minutes=1e-6"]) == 0
+                   "--set", "train.max_minutes=1e-6", "--set", "loss.velocity_weight=0.1"]) == 0
     ckpt = load_checkpoint(tmp_path / "tiny" / "last.ckpt")
     assert ckpt["global_step"] == 1
+    step = _log_steps(tmp_path / "tiny")[1]
+    assert step["velocity"] > 0, "velocity supervision must be active with loss.velocity_weight=0.1"
+    assert step["total"] == pytest.approx(step["photometric"] + 1e-3 * step["smoothness"] + 0.1 * step["velocity"],
+                                          rel=1e-5)
     events = [json.loads(x) for x in (tmp_path / "tiny" / "log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "stop" and "max_minutes" in events[-1]["message"]
 

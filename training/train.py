@@ -46,9 +46,6 @@ from semdepth_core.data.dataset import collate
 from semdepth_core.losses.sfm import SfmLoss
 from semdepth_core.paths import REPO_ROOT
 
-LOSS_KEYS = ("total", "photometric", "smoothness", "velocity", "automask_fraction")
-
-
 # ============================================================================ small utilities
 
 def resolve_path(path: str) -> Path:
@@ -537,6 +534,8 @@ class Trainer:
                 self.scheduler.step()
                 if self.epoch % cfg.train.val_every_epochs == 0 or self.epoch == cfg.train.epochs:
                     self._validate_and_track()
+                    if self.world > 1:
+                        dist.barrier()  # the other processes wait for rank 0's validation
                 self.save("last.ckpt")
                 if self._budget_exhausted(start_time) and self.epoch < cfg.train.epochs:
                     finished = False
