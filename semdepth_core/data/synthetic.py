@@ -36,6 +36,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1068,7 +1069,7 @@ def _write_if_consistent(path: Path, text: str) -> None:
             raise ValueError(f"{path} already exists with a different calibration (other image size?); "
                              "use another date for drives of a different resolution")
         return
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
 
