@@ -116,6 +116,8 @@ def test_bad_override_key_is_a_config_error_naming_the_key(config_file, capsys):
     assert "train.bogus" in capsys.readouterr().err
     assert _train(["--config", str(config_file), "--set", "optim.depth_lr=fast"]) == 2
     assert "optim.depth_lr" in capsys.readouterr().err
+    assert _train(["--config", str(config_file), "--set", "data.root=/nonexistent/kitti"]) == 2
+    assert "data.root" in capsys.readouterr().err
 
 
 def test_unwritable_output_dir_fails_early_with_its_path(config_file, tmp_path):

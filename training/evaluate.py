@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from semdepth_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from semdepth_core.config import Config, ConfigError, config_from_dict
 
+
 def load_depth_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
     """Depth network rebuilt from the checkpoint's embedded config, weights checked against it."""
     from semdepth_core.nets.model import build_models
@@ -96,8 +97,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     width = args.width or cfg.data.width
     if height % 32 or width % 32:
         raise ConfigError(f"--height/--width: {height}x{width} must be multiples of 32")
-    dataset = KittiDataset(args.data, refs=args.split, height=height, width=width, context=(), augment=None,
-                           with_gt=True, gt_source=args.gt_source, training=False)
+    try:
+        dataset = KittiDataset(args.data, refs=args.split, height=height, width=width, context=(), augment=None,
+                               with_gt=True, gt_source=args.gt_source, training=False)
+    except (OSError, ValueError) as exc:  # KittiFormatError is a ValueError
+        raise SystemExit(f"error: cannot read the evaluation data: {exc}") from exc
     loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate)
     median_scaling = not args.no_median_scaling
     garg_crop = not args.no_garg_crop

@@ -184,14 +184,18 @@ def make_kitti_dataset(cfg: Config, root: Path, split: str, training: bool, with
     from semdepth_core.data.splits import read_split_file
 
     if not root.is_dir():
-        raise SystemExit(f"error: data root {root} does not exist")
-    refs = read_split_file(resolve_path(split)) if split else None
-    return KittiDataset(
-        root, refs=refs, height=cfg.data.height, width=cfg.data.width,
-        context=list(cfg.data.context) if training else [],  # validation needs no context frames
-        augment=cfg.data.augment if training else None, with_gt=with_gt, gt_source=cfg.data.gt_source,
-        training=training,
-    )
+        raise ConfigError(f"data.root: {root} is not a directory")
+    what = "data.train_split" if training else "data.val_split"
+    try:
+        refs = read_split_file(resolve_path(split)) if split else None
+        return KittiDataset(
+            root, refs=refs, height=cfg.data.height, width=cfg.data.width,
+            context=list(cfg.data.context) if training else [],  # validation needs no context frames
+            augment=cfg.data.augment if training else None, with_gt=with_gt, gt_source=cfg.data.gt_source,
+            training=training,
+        )
+    except (OSError, ValueError) as exc:  # KittiFormatError is a ValueError
+        raise ConfigError(f"{what if split else 'data.root'}: cannot build the dataset under {root}: {exc}") from exc
 
 
 def build_datasets(cfg: Config, rank: int, world: int):
