@@ -276,11 +276,12 @@ def test_flip_blend_uses_the_mirrored_prediction_at_the_left_border():
 def test_synthetic_drives_are_generated_once_and_reused(tmp_path):
     from training.train import build_datasets
 
-    cfg = load_config(None, [
+    cfg_overrides = [
         "data.kind=synthetic", f"data.synthetic.cache_dir={tmp_path}", "data.synthetic.frames=5",
         "data.synthetic.render_width=320", "data.synthetic.render_height=96",
         "data.synthetic.train_seeds=[3]", "data.synthetic.val_seeds=[5]", "data.height=64", "data.width=192",
-    ])
+    ]
+    cfg = load_config(None, cfg_overrides)
     train, val = build_datasets(cfg, rank=0, world=1)
     assert len(train) == 3 and len(val) == 5  # 5 frames: 3 with both neighbours; all 5 for validation
     markers = sorted(tmp_path.glob("*/.complete"))
@@ -290,6 +291,16 @@ def test_synthetic_drives_are_generated_once_and_reused(tmp_path):
     assert [m.stat().st_mtime_ns for m in markers] == stamps, "existing drives must be reused"
     item = val[0]
     assert item["depth_gt"].shape == (1, 96, 320)
+
+    # data.train_split selects frames of the synthetic drives (two-stage training, §4.3)
+    drive = next(tmp_path.glob("seed3_*/*/*_sync"))
+    split = tmp_path / "kept.txt"
+    split.write_text(f"{drive.parent.name}/{drive.name} 1 l\n{drive.parent.name}/{drive.name} 3 l\n")
+    kept, _ = build_datasets(load_config(None, cfg_overrides + [f"data.train_split={split}"]), rank=0, world=1)
+    assert len(kept) == 2
+    split.write_text(f"{drive.parent.name}/2099_01_01_drive_0999_sync 1 l\n")
+    with pytest.raises(ConfigError, match="train_split"):
+        build_datasets(load_config(None, cfg_overrides + [f"data.train_split={split}"]), rank=0, world=1)
     bad = load_config(None, ["data.kind=synthetic", f"data.synthetic.cache_dir={tmp_path}",
                              "data.synthetic.train_seeds=[3]", "data.synthetic.val_seeds=[3]"])
     with pytest.raises(ConfigError, match="val_seeds"):
