@@ -561,7 +561,8 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.scheduler.step()
-                if self.epoch % cfg.train.val_every_epochs == 0 or self.epoch == cfg.train.epochs:
+                every = cfg.train.val_every_epochs  # 0 = validate after the last epoch only
+                if (every > 0 and self.epoch % every == 0) or self.epoch == cfg.train.epochs:
                     self._validate_and_track()
                     if self.world > 1:
                         dist.barrier()  # the other processes wait for rank 0's validation
