@@ -427,29 +427,29 @@ def _corners(lo, hi):
     return np.where(_BOX_CORNER_BITS[None], hi[:, None, :], lo[:, None, :])
 
 
-def _ground(o, D):
+def _ground(o, D, invD):
     """Analytic ground: road (z=0, |y|<ROAD_HALF), raised sidewalk (z=CURB), curb faces.
-    Valid for an origin above the road. Returns t [N], code [N] (HIT_* or HIT_SKY)."""
-    dz = D[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_side = (CURB_HEIGHT - o[2]) / dz
-        t_road = -o[2] / dz
+    Valid for an origin above the road. D, invD: (x, y, z) component arrays.
+    Returns t float32 [...] (inf = no hit) and code int32 [...] (HIT_* or HIT_SKY)."""
+    dy, dz = D[1], D[2]
+    t_side = F32(CURB_HEIGHT - o[2]) * invD[2]
+    t_road = F32(-o[2]) * invD[2]
     down = dz < -1e-9
-    y_side = o[1] + t_side * D[..., 1]
-    y_road = o[1] + t_road * D[..., 1]
+    y_side = F32(o[1]) + t_side * dy
+    y_road = F32(o[1]) + t_road * dy
     on_side = down & (np.abs(y_side) >= ROAD_HALF)
     on_road = down & ~on_side & (np.abs(y_road) < ROAD_HALF)
     on_curb = down & ~on_side & ~on_road
-    t = np.full(dz.shape, np.inf)
+    t = np.full(dz.shape, np.inf, F32)
     code = np.full(dz.shape, HIT_SKY, np.int32)
     t[on_side] = t_side[on_side]
     code[on_side] = HIT_SIDEWALK
     t[on_road] = t_road[on_road]
     code[on_road] = HIT_ROAD
     if on_curb.any():
-        dy = D[..., 1][on_curb]
-        yc = np.where(dy > 0, ROAD_HALF, -ROAD_HALF)
-        t[on_curb] = (yc - o[1]) / dy
+        dyc = dy[on_curb]
+        yc = np.where(dyc > 0, F32(ROAD_HALF), F32(-ROAD_HALF))
+        t[on_curb] = (yc - F32(o[1])) / dyc
         code[on_curb] = HIT_CURB
     return t, code
 
@@ -528,15 +528,13 @@ def _camera_rects(prims, idx, T_cam_world, K, W, H):
     return [(int(i), slice(a, b), slice(c, d)) for i, a, b, c, d, k in zip(idx, r0, r1, c0, c1, keep) if k]
 
 
-def _trace(prims, o, D, invD, regions):
+def _trace(prims, o, Dc, Ic, regions, dnorm=None):
     """Nearest hit over ground + the primitives in `regions` [(prim, row_sel, col_sel)].
-    D, invD float32 [R,C,3]. Returns t float32 [R,C] (inf = nothing within MAX_RANGE) and the
-    hit code (primitive index >= 0 or HIT_*)."""
-    t, pid = _ground(o, D)
-    t = t.astype(np.float32)
+    Dc, Ic: (x, y, z) float32 [R,C] ray direction components and their inverses; dnorm: |D|
+    (None = unit rays). Returns t float32 [R,C] (inf = nothing within MAX_RANGE) and the hit
+    code (primitive index >= 0 or HIT_*)."""
+    t, pid = _ground(o, Dc, Ic)
     kind, lo, hi, ctr, rad = prims["kind"], prims["lo"], prims["hi"], prims["ctr"], prims["rad"]
-    Dc = tuple(np.ascontiguousarray(D[..., k]) for k in range(3))
-    Ic = tuple(np.ascontiguousarray(invD[..., k]) for k in range(3))
     for p, rs, cs in regions:
         tp = _intersect(kind[p], lo[p], hi[p], ctr[p], rad[p], o, tuple(d[rs, cs] for d in Dc),
                         tuple(d[rs, cs] for d in Ic))
@@ -548,7 +546,7 @@ def _trace(prims, o, D, invD, regions):
         else:  # fancy column index (LiDAR): write back copies
             t[rs, cs] = np.where(m, tp, tb)
             pid[rs, cs] = np.where(m, p, pid[rs, cs])
-    rng = t * np.sqrt((D * D).sum(-1))
+    rng = t if dnorm is None else t * dnorm
     far = ~(rng <= MAX_RANGE)
     t[far] = np.inf
     pid[far] = HIT_SKY
@@ -846,13 +844,14 @@ _RAY_CACHE: dict = {}
 
 
 def _camera_rays(K, W, H):
+    """Camera-frame rays (a, b, 1) through every pixel centre: a, b and |(a, b, 1)|, float32 [H,W]."""
     key = (W, H) + tuple(np.round(np.asarray(K, float).ravel(), 9))
     if key not in _RAY_CACHE:
         u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-        d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+        a, b = (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]
         if len(_RAY_CACHE) > 16:
             _RAY_CACHE.clear()
-        _RAY_CACHE[key] = d.astype(F32)
+        _RAY_CACHE[key] = (a.astype(F32), b.astype(F32), np.sqrt(a * a + b * b + 1.0).astype(F32))
     return _RAY_CACHE[key]
 
 
@@ -883,12 +882,14 @@ def render_frame(scene: Scene, T_world_cam, K, W: int, H: int):
         raise ValueError(f"image size must be integers >= 8, got {W}x{H}")
     W, H = int(W), int(H)
     R, o = T[:3, :3], T[:3, 3]
-    D = _camera_rays(K, W, H) @ R.T.astype(F32)
+    a, b, dnorm = _camera_rays(K, W, H)
+    Rf = R.astype(F32)
+    D = tuple(a * Rf[k, 0] + b * Rf[k, 1] + Rf[k, 2] for k in range(3))     # world ray components
     with np.errstate(divide="ignore"):
-        invD = F32(1.0) / D
+        invD = tuple(F32(1.0) / d for d in D)
     idx = _cull(scene.prims, o, MAX_RANGE + 1.0)
     regions = _camera_rects(scene.prims, idx, _inv(T), K, W, H)
-    t, pid = _trace(scene.prims, o, D, invD, regions)
+    t, pid = _trace(scene.prims, o, D, invD, regions, dnorm)
     hit = np.isfinite(t)
     depth = np.where(hit, t, F32(0.0))                 # t along (x, y, 1) camera rays = camera z
     hi = np.nonzero(hit.ravel())[0]
@@ -898,19 +899,18 @@ def render_frame(scene: Scene, T_world_cam, K, W: int, H: int):
     lut_dyn = np.concatenate([scene.prims["dyn"], np.zeros(4, np.uint8)])
     sem = lut_sem[pid]
     dyn = lut_dyn[pid]
-    Dflat = D.reshape(-1, 3)
-    Dh = Dflat[hi]
     th = t.ravel()[hi]
+    nD = dnorm.ravel()[hi]
+    Dh = np.stack([d.ravel()[hi] for d in D], 1)
     P = (o + th[:, None].astype(np.float64) * Dh).astype(F32)
-    nD = np.sqrt((Dh * Dh).sum(1))
     fp = th * nD / F32(K[0, 0])
     alb, nrm = _shade_points(scene, P, p, fp, Dh / nD[:, None])
     rgb = np.empty((H * W, 3), F32)
     rgb[hi] = alb * _lighting(scene, nrm)[:, None]
     si = np.nonzero(~hit.ravel())[0]
     if si.size:
-        Ds = Dflat[si]
-        rgb[si] = _sky(scene, Ds / np.sqrt((Ds * Ds).sum(1, keepdims=True)))
+        Ds = np.stack([d.ravel()[si] for d in D], 1)
+        rgb[si] = _sky(scene, Ds / dnorm.ravel()[si][:, None])
     rgb8 = np.clip(np.rint(rgb * F32(255.0)), 0, 255).astype(np.uint8).reshape(H, W, 3)
     return rgb8, depth, sem, dyn
 
@@ -934,8 +934,9 @@ def render_lidar(scene: Scene, T_world_velo, seed: int = 0):
     R, o = T[:3, :3], T[:3, 3]
     Dv, el, az = _lidar_rays()
     D = (Dv @ R.T).astype(F32)
+    Dc = tuple(np.ascontiguousarray(D[..., k]) for k in range(3))
     with np.errstate(divide="ignore"):
-        invD = F32(1.0) / D
+        invD = tuple(F32(1.0) / d for d in Dc)
     pr = scene.prims
     idx = _cull(pr, o, MAX_RANGE + 1.0)
     # angular bounds of every AABB seen from the sensor, in the velodyne frame (+ margin for tilt)
@@ -971,7 +972,7 @@ def render_lidar(scene: Scene, T_world_velo, seed: int = 0):
             j1 = int(math.ceil((math.pi - a0) / step - 0.5))
             cs = slice(0, naz) if j1 - j0 + 1 >= naz else np.mod(np.arange(j0, j1 + 1), naz)
         regions.append((int(p), rs, cs))
-    t, pid = _trace(pr, o, D, invD, regions)
+    t, pid = _trace(pr, o, Dc, invD, regions)
     ok = np.isfinite(t) & (t >= LIDAR_MIN_RANGE)
     tt = t[ok].astype(np.float64)
     pts_v = Dv[ok] * tt[:, None]
