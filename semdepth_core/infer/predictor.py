@@ -200,8 +200,15 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-# Default CPU backend for `auto`, decided by benchmarks/backends.py (see resolve_backend).
-CPU_DEFAULT_BACKEND = "torch"
+# Default CPU backend for `auto`, decided by benchmarks/backends.py --quick (real KITTI frame in,
+# 640x192 network input, median end-to-end predict latency, 2-core AMD EPYC shared with other jobs,
+# torch 2.13 CPU vs onnxruntime 1.31 CPUExecutionProvider, both on 2 threads; 2026-11-21,
+# benchmarks/results/backends_quick.json):
+#   resnet18 guided (ESPNet + PAC):     torch 4748 ms   onnxruntime 1602 ms  (3.0x)
+#   mobilenetv2 guided (ESPNet + PAC):  torch 4410 ms   onnxruntime 1452 ms  (3.0x)
+# => ONNX Runtime. Its one-off cost is the export on first use (~20-25 s here), cached on disk
+# by checkpoint sha256 and input size (see backends/onnxruntime_backend.py).
+CPU_DEFAULT_BACKEND = "onnxruntime"
 
 
 def resolve_backend(backend: str, device: str) -> str:
