@@ -1,0 +1,319 @@
+"""Semantic guidance vs baseline on synthetic drives (paper §4, Tables 2-3), same data, budget and seed.
+
+    python benchmarks/guided_vs_baseline.py [--quick] [--budget-minutes 15] [--semantic-minutes 5]
+
+1. Semantic pre-training: an ESPNet (initialised from the Cityscapes weights, or from scratch with
+   --semantic-init scratch) is trained with pixel-wise cross-entropy on the GT trainId maps
+   (255 = ignore) of OTHER synthetic drives (seeds 301-303; held-out seed 311 for its pixel
+   accuracy / mIoU) at the depth network's 320x96 input, then saved as a state_dict that
+   `model.semantic.weights` loads. `training.train_semantic` is not in the repository, so this
+   minimal step lives here.
+2. Three depth runs through `training.train.main`, identical data/budget/seed (runs/bench/guided_vs_baseline/):
+     baseline        training/configs/synthetic_resnet18.yaml
+     guided          training/configs/synthetic_resnet18_sg.yaml, frozen synthetic-trained ESPNet  ("CS, D"-like)
+     guided_random   same, frozen randomly initialised ESPNet                                       ("I, D"-like ablation)
+3. Each final checkpoint is scored by `training.evaluate` on held-out drives (seeds 201, 202), median
+   scaled, and on the object-boundary band: GT pixels within --band-px (3) pixels of a semantic-label
+   edge of the GT semantic map, scored with the same metrics on the masked GT, each frame scaled by
+   its whole-image median ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import REPO, print_table, write_result  # noqa: E402
+from benchmarks.train_synthetic import (  # noqa: E402
+    CONFIGS,
+    TEST_SEEDS,
+    add_common_args,
+    apply_threads,
+    bench_dir,
+    budget_of,
+    combined_root,
+    data_overrides,
+    drive_roots,
+    evaluate_checkpoint,
+    final_checkpoint,
+    run_stats,
+    run_training,
+)
+
+FULL_BUDGET_MIN = 15.0
+FULL_SEMANTIC_MIN = 5.0
+QUICK_SEMANTIC_MIN = 0.5
+SEMANTIC_TRAIN_SEEDS = (301, 302, 303)
+SEMANTIC_VAL_SEEDS = (311,)
+BAND_PX = 3
+CITYSCAPES_ESPNET = REPO.parent / "shared" / "data" / "espnet_cityscapes" / "espnet_p2_q8_cityscapes.pth"
+BASELINE_CFG = CONFIGS / "synthetic_resnet18.yaml"
+GUIDED_CFG = CONFIGS / "synthetic_resnet18_sg.yaml"
+
+
+# ============================================================================ pure helpers
+
+def label_edges(labels: np.ndarray) -> np.ndarray:
+    """Boolean [H,W]: pixels with a 4-neighbour of a different label (both sides of every edge)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be [H,W], got shape {lab.shape}")
+    e = np.zeros(lab.shape, dtype=bool)
+    dx = lab[:, 1:] != lab[:, :-1]
+    dy = lab[1:, :] != lab[:-1, :]
+    e[:, 1:] |= dx
+    e[:, :-1] |= dx
+    e[1:, :] |= dy
+    e[:-1, :] |= dy
+    return e
+
+
+def boundary_band_mask(labels: np.ndarray, radius: float = BAND_PX) -> np.ndarray:
+    """Boolean [H,W]: pixels within `radius` px (Euclidean) of a semantic-label edge pixel."""
+    import cv2
+
+    edges = label_edges(labels)
+    if not edges.any():
+        return np.zeros(edges.shape, dtype=bool)
+    # distance of every pixel to the nearest edge pixel (edge pixels are the zeros)
+    dist = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return dist <= radius
+
+
+def segmentation_scores(conf: np.ndarray) -> dict:
+    """Pixel accuracy and mean IoU (over classes present in GT) from a confusion matrix [gt, pred]."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    gt_n, pred_n = conf.sum(1), conf.sum(0)
+    present = gt_n > 0
+    iou = tp[present] / np.maximum(gt_n[present] + pred_n[present] - tp[present], 1)
+    total = conf.sum()
+    return {"pixel_acc": float(tp.sum() / total) if total else float("nan"),
+            "miou": float(iou.mean()) if iou.size else float("nan"), "classes": int(present.sum())}
+
+
+# ============================================================================ semantic pre-training
+
+def _load_semantic_frames(roots: list[Path], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every cam-2 frame of the drives: RGB float [N,3,h,w] in [0,1] and trainIds [N,h,w] (255 ignore)."""
+    import cv2
+
+    from semdepth_core.data.kitti import find_drives
+
+    rgbs, labs = [], []
+    for root in roots:
+        for drive in find_drives(root):
+            for img in sorted((drive / "image_02" / "data").glob("*.png")):
+                sem = drive / "semantic" / "image_02" / img.name
+                if not sem.is_file():
+                    continue
+                rgb = cv2.imread(str(img), cv2.IMREAD_COLOR)[..., ::-1]
+                lab = cv2.imread(str(sem), cv2.IMREAD_UNCHANGED)
+                rgbs.append(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
+                labs.append(cv2.resize(lab, (width, height), interpolation=cv2.INTER_NEAREST))
+    if not rgbs:
+        raise RuntimeError(f"no semantic labels under {roots}")
+    rgb = np.stack(rgbs).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    return rgb, np.stack(labs).astype(np.int64)
+
+
+def train_semantic(out_path: Path, train_roots: list[Path], val_roots: list[Path], budget_min: float,
+                   init: str = "cityscapes", height: int = 96, width: int = 320, batch: int = 8,
+                   lr: float = 5e-4, seed: int = 0) -> dict:
+    """Train ESPNet with cross-entropy on synthetic GT labels for `budget_min`; save its state_dict.
+
+    Reused when OUT_PATH and its meta JSON exist with at least this budget.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from semdepth_core.config import SemanticConfig
+    from semdepth_core.data.labels import IGNORE
+    from semdepth_core.nets.semantic import build_semantic_net
+
+    out_path = Path(out_path)
+    meta_path = out_path.with_suffix(".json")
+    if out_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("budget_min", 0) >= budget_min - 1e-9 and meta.get("init") == init:
+            print(f"[bench] reusing semantic net {out_path}")
+            return meta
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    weights = str(CITYSCAPES_ESPNET) if init == "cityscapes" else ""
+    if weights and not Path(weights).is_file():
+        raise SystemExit(f"error: Cityscapes ESPNet weights not found: {weights} (use --semantic-init scratch)")
+    net = build_semantic_net(SemanticConfig(enabled=True, arch="espnet", weights=weights))
+    x_tr, y_tr = _load_semantic_frames(train_roots, height, width)
+    x_va, y_va = _load_semantic_frames(val_roots, height, width)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    t0, steps, losses = time.monotonic(), 0, []
+    while (time.monotonic() - t0) / 60.0 < budget_min:
+        idx = rng.choice(len(x_tr), size=min(batch, len(x_tr)), replace=False)
+        x, y = torch.from_numpy(x_tr[idx]), torch.from_numpy(y_tr[idx])
+        if rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        logits = net(x).logits
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        losses.append(float(loss))
+    train_s = time.monotonic() - t0
+    net.eval()
+    nc = net.num_classes
+    conf = np.zeros((nc, nc), dtype=np.int64)
+    with torch.no_grad():
+        for i in range(0, len(x_va), 8):
+            pred = net(torch.from_numpy(x_va[i:i + 8])).logits.argmax(1).numpy().ravel()
+            gt = y_va[i:i + 8].ravel()
+            ok = gt != IGNORE
+            conf += np.bincount(gt[ok] * nc + pred[ok], minlength=nc * nc).reshape(nc, nc)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, out_path)
+    meta = {"weights": str(out_path), "init": init, "budget_min": budget_min, "train_s": train_s, "steps": steps,
+            "batch": batch, "lr": lr, "train_frames": len(x_tr), "val_frames": len(x_va),
+            "first_loss": losses[0] if losses else None,
+            "last_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
+            "val": segmentation_scores(conf)}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+# ============================================================================ boundary-band evaluation
+
+def band_evaluation(ckpt: Path, data_root: Path, out_json: Path, radius: float = BAND_PX) -> dict:
+    """Median-scaled metrics over all GT pixels and over the semantic-boundary band (same scale per frame)."""
+    import torch
+
+    from semdepth_core.data.dataset import KittiDataset
+    from semdepth_core.eval.metrics import MetricAccumulator, upsample_depth
+    from training.evaluate import load_depth_model, predict
+
+    out_json = Path(out_json)
+    if out_json.is_file() and out_json.stat().st_mtime >= Path(ckpt).stat().st_mtime:
+        saved = json.loads(out_json.read_text())
+        if saved.get("radius") == radius:
+            return saved
+    model, cfg = load_depth_model(ckpt, torch.device("cpu"))
+    ds = KittiDataset(data_root, refs=None, height=cfg.data.height, width=cfg.data.width, context=(),
+                      augment=None, with_gt=True, gt_source="auto", training=False)
+    whole, band = MetricAccumulator(median_scaling=True), MetricAccumulator(median_scaling=False)
+    skipped, band_px = 0, 0
+    for i in range(len(ds)):
+        item = ds[i]
+        if "semantic_gt" not in item:
+            raise RuntimeError(f"{item['filename']}: no GT semantic map (synthetic drives have one)")
+        gt = item["depth_gt"][0].numpy()
+        inv, _ = predict(model, item["rgb"][None], flip=False)
+        pred = upsample_depth(1.0 / inv[0, 0].clamp(min=1e-6), gt.shape).numpy()
+        m = whole.add(gt, pred)
+        mask = boundary_band_mask(item["semantic_gt"].numpy(), radius)
+        try:
+            band.add(np.where(mask, gt, 0.0), pred, scale=m["scale"])
+            band_px += int((mask & (gt > 0)).sum())
+        except ValueError:  # no band pixel with valid GT inside the crop
+            skipped += 1
+    out = {"radius": radius, "all": whole.summary(), "band": band.summary() if len(band) else None,
+           "band_frames_skipped": skipped, "band_gt_pixels": band_px}
+    out_json.write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
+# ============================================================================ main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p, FULL_BUDGET_MIN)
+    p.add_argument("--semantic-minutes", type=float, default=None,
+                   help=f"semantic pre-training budget (default {FULL_SEMANTIC_MIN:g}, {QUICK_SEMANTIC_MIN:g} with --quick)")
+    p.add_argument("--semantic-init", choices=["cityscapes", "scratch"], default="cityscapes",
+                   help="ESPNet initialisation before training on the synthetic labels")
+    p.add_argument("--band-px", type=float, default=BAND_PX, help="boundary band half-width (pixels)")
+    p.add_argument("--skip", choices=["baseline", "guided", "guided_random"], action="append", default=[],
+                   help="leave out a depth run (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = budget_of(args, FULL_BUDGET_MIN)
+    apply_threads(args)
+    sem_budget = args.semantic_minutes if args.semantic_minutes is not None else (
+        QUICK_SEMANTIC_MIN if args.quick else FULL_SEMANTIC_MIN)
+    root = bench_dir("guided_vs_baseline", args.quick)
+    overrides = data_overrides(args.quick, args.frames)
+
+    # 1. semantic net on other drives
+    sem_path = root / "semantic" / "espnet_synthetic.pt"
+    sem_train = drive_roots(BASELINE_CFG, overrides, SEMANTIC_TRAIN_SEEDS)
+    sem_val = drive_roots(BASELINE_CFG, overrides, SEMANTIC_VAL_SEEDS)
+    sem = train_semantic(sem_path, sem_train, sem_val, sem_budget, init=args.semantic_init)
+    print(f"[bench] semantic net: {sem['steps']} steps, held-out pixel acc {sem['val']['pixel_acc']:.3f}, "
+          f"mIoU {sem['val']['miou']:.3f}")
+
+    # 2. depth runs
+    runs = {
+        "baseline": (BASELINE_CFG, []),
+        "guided": (GUIDED_CFG, [f"model.semantic.weights={sem_path}"]),
+        "guided_random": (GUIDED_CFG, ["model.semantic.weights="]),
+    }
+    test = combined_root(drive_roots(BASELINE_CFG, overrides, TEST_SEEDS), root / "test_data")
+    results, rows = {}, []
+    for name, (config, extra) in runs.items():
+        if name in args.skip:
+            continue
+        run_dir = root / name
+        done = run_training(config, run_dir, budget, overrides + extra)
+        ckpt = final_checkpoint(run_dir)
+        cli = evaluate_checkpoint(ckpt, test, run_dir / "eval_test_scaled.json", True)
+        bandm = band_evaluation(ckpt, test, run_dir / "eval_test_band.json", args.band_px)
+        stats = run_stats(run_dir)
+        b = bandm["band"] or {}
+        results[name] = {
+            "config": str(Path(config).relative_to(REPO)), "overrides": overrides + extra,
+            "checkpoint": str(ckpt.relative_to(REPO)), **stats, "stop_event": done.get("event"),
+            "abs_rel": cli["abs_rel"], "a1": cli["a1"], "rmse": cli["rmse"],
+            "class_avg_abs_rel": cli.get("class_avg_abs_rel"),
+            "car_abs_rel": cli.get("per_class", {}).get("car", {}).get("abs_rel"),
+            "band_abs_rel": b.get("abs_rel"), "band_a1": b.get("a1"), "band_rmse": b.get("rmse"),
+            "band_gt_pixels": bandm["band_gt_pixels"], "band_frames_skipped": bandm["band_frames_skipped"],
+            "test_images": cli["num_images"],
+        }
+        rows.append({"run": name, "steps": stats["steps"], "train_min": stats["train_min"],
+                     "img/s": stats["images_per_s"], "abs_rel": cli["abs_rel"], "a1": cli["a1"],
+                     "class_avg_abs_rel": cli.get("class_avg_abs_rel", float("nan")),
+                     f"band{args.band_px:g}px_abs_rel": b.get("abs_rel", float("nan")),
+                     f"band{args.band_px:g}px_a1": b.get("a1", float("nan"))})
+    print_table(rows)
+    delta = {}
+    if "baseline" in results:
+        for name in ("guided", "guided_random"):
+            if name in results:
+                delta[name] = {k: results[name][k] - results["baseline"][k]
+                               for k in ("abs_rel", "band_abs_rel") if results[name][k] is not None
+                               and results["baseline"][k] is not None}
+    path = write_result("guided_vs_baseline", {
+        "budget_minutes": budget, "resolution": "320x96", "test_seeds": list(TEST_SEEDS),
+        "band_px": args.band_px, "semantic_pretraining": {**sem, "train_seeds": list(SEMANTIC_TRAIN_SEEDS),
+                                                          "val_seeds": list(SEMANTIC_VAL_SEEDS)},
+        "table3_ablation": {"guided_random (I, D-like)": results.get("guided_random", {}).get("abs_rel"),
+                            "guided (CS, D-like)": results.get("guided", {}).get("abs_rel")},
+        "delta_vs_baseline": delta, "runs": results, "table": rows}, quick=args.quick)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

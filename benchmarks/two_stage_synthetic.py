@@ -1,0 +1,203 @@
+"""Two-stage training against infinite depth (paper §4.3) on synthetic drives with a lead car at ego speed.
+
+    python benchmarks/two_stage_synthetic.py [--quick] [--budget-minutes 12]
+
+Training drives: seeds 1-6 of training/configs/synthetic_resnet18.yaml, seeds 5 and 6 with a lead car
+moving at ego speed (data.synthetic.lead_car_seeds); validation seed 101 (no lead car).
+  stage 1   `training.train.main` on every training image (runs/bench/two_stage_synthetic/stage1)
+  filter    `training.filter_dataset.filter_dataset` with the stage-1 checkpoint (§4.3: drop an image when
+            more than 10 pixels fall below the RANSAC ground plane) -> kept.txt / dropped.txt / report.json
+  stage 2   `training.train.main` from scratch on the kept images only (stage2)
+Reported:
+  - infinite-depth fraction (eval metrics' `infinite_depth_fraction`: dynamic-object GT pixels predicted
+    beyond 2x their GT depth, dynamic GT mask) on held-out lead-car drives (seeds 211, 212), stage 1 vs
+    stage 2 (target: stage 2 <= 20% of stage 1), and overall abs_rel of both on those drives and on
+    held-out drives without a lead car (201, 202) - all through `training.evaluate`, median-scaled;
+  - the filter's precision/recall of flagged (dropped) training frames against ground truth: a frame
+    "has the infinite-depth case" when it belongs to a lead-car drive and its dynamic mask is non-empty.
+
+Stage 2 is trained with data.kind=kitti on a root of symlinks to the same drives plus data.train_split=
+kept.txt: `training.train.build_datasets` ignores data.train_split for data.kind=synthetic, so the
+pipeline's own stage 2 (training.two_stage) would silently retrain on every image.
+Re-invoking continues where it stopped (each stage resumes with what is left of its budget).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import REPO, print_table, write_result  # noqa: E402
+from benchmarks.train_synthetic import (  # noqa: E402
+    CONFIGS,
+    TEST_SEEDS,
+    add_common_args,
+    apply_threads,
+    bench_dir,
+    budget_of,
+    combined_root,
+    data_overrides,
+    drive_roots,
+    evaluate_checkpoint,
+    final_checkpoint,
+    run_stats,
+    run_training,
+)
+
+FULL_BUDGET_MIN = 12.0
+CONFIG = CONFIGS / "synthetic_resnet18.yaml"
+TRAIN_SEEDS = (1, 2, 3, 4, 5, 6)
+LEAD_SEEDS = (5, 6)
+VAL_SEEDS = (101,)
+LEAD_TEST_SEEDS = (211, 212)
+TARGET_RATIO = 0.20
+
+
+# ============================================================================ pure helpers
+
+def precision_recall(flagged, truth) -> dict:
+    """Confusion counts, precision and recall of boolean predictions `flagged` against `truth`.
+
+    precision (recall) is None when nothing was flagged (nothing is positive).
+    """
+    flagged, truth = [bool(f) for f in flagged], [bool(t) for t in truth]
+    if len(flagged) != len(truth):
+        raise ValueError(f"{len(flagged)} predictions for {len(truth)} ground-truth labels")
+    tp = sum(f and t for f, t in zip(flagged, truth))
+    fp = sum(f and not t for f, t in zip(flagged, truth))
+    fn = sum(t and not f for f, t in zip(flagged, truth))
+    tn = len(truth) - tp - fp - fn
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None}
+
+
+def frame_has_infinite_case(dynamic_png: Path | None, lead_drive: bool) -> bool:
+    """GT: the frame is on a lead-car drive and its dynamic-object mask is non-empty."""
+    if not lead_drive or dynamic_png is None or not Path(dynamic_png).is_file():
+        return False
+    import cv2
+
+    mask = cv2.imread(str(dynamic_png), cv2.IMREAD_UNCHANGED)
+    return bool(mask is not None and (mask > 0).any())
+
+
+def stage_overrides() -> list[str]:
+    return [f"data.synthetic.train_seeds=[{','.join(map(str, TRAIN_SEEDS))}]",
+            f"data.synthetic.lead_car_seeds=[{','.join(map(str, LEAD_SEEDS))}]",
+            f"data.synthetic.val_seeds=[{','.join(map(str, VAL_SEEDS))}]"]
+
+
+# ============================================================================ main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p, FULL_BUDGET_MIN)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = budget_of(args, FULL_BUDGET_MIN)
+    apply_threads(args)
+    root = bench_dir("two_stage_synthetic", args.quick)
+    base = data_overrides(args.quick, args.frames)
+    overrides = base + stage_overrides()
+    t_start = time.monotonic()
+
+    from semdepth_core.config import load_config
+    from semdepth_core.data.splits import refs_for_root, write_split_file
+    from training.filter_dataset import filter_dataset
+
+    train_roots = drive_roots(CONFIG, base, TRAIN_SEEDS, LEAD_SEEDS)
+    val_roots = drive_roots(CONFIG, base, VAL_SEEDS)
+    lead_test = combined_root(drive_roots(CONFIG, base, LEAD_TEST_SEEDS, LEAD_TEST_SEEDS), root / "test_lead")
+    plain_test = combined_root(drive_roots(CONFIG, base, TEST_SEEDS), root / "test_plain")
+
+    # stage 1 ------------------------------------------------------------------------------
+    s1_dir = root / "stage1"
+    run_training(CONFIG, s1_dir, budget, overrides)
+    s1_ckpt = final_checkpoint(s1_dir)
+
+    # filter (§4.3) --------------------------------------------------------------------------
+    f_dir = root / "filter"
+    report_path = f_dir / "report.json"
+    if report_path.is_file() and report_path.stat().st_mtime >= s1_ckpt.stat().st_mtime:
+        report = json.loads(report_path.read_text())
+    else:
+        report = filter_dataset(load_config(CONFIG, overrides), s1_ckpt, f_dir, device="cpu", progress=False)
+    drive_info = {}  # drive folder name -> (drive dir, lead?)
+    for seed, r in zip(TRAIN_SEEDS, train_roots):
+        for d in sorted(r.glob("*/*_drive_*_sync")):
+            drive_info[d.name] = (d, seed in LEAD_SEEDS)
+    flagged, truth = [], []
+    per_kind = {"lead": [0, 0], "plain": [0, 0]}  # [dropped, images]
+    for rec in report["per_image"]:
+        _, drive, frame = rec["ref"].split("/")
+        ddir, lead = drive_info[drive]
+        flagged.append(rec["dropped"])
+        truth.append(frame_has_infinite_case(ddir / "dynamic" / "image_02" / f"{frame}.png", lead))
+        k = per_kind["lead" if lead else "plain"]
+        k[0] += int(rec["dropped"])
+        k[1] += 1
+    pr = precision_recall(flagged, truth)
+
+    # stage 2: from scratch on the kept images ----------------------------------------------
+    data_root = combined_root(train_roots + val_roots, root / "stage2_data")
+    val_split = f_dir / "val.txt"
+    write_split_file(val_split, [ref for r in val_roots for ref in refs_for_root(r, ())])
+    s2_over = overrides + ["data.kind=kitti", f"data.root={data_root}", f"data.train_split={f_dir / 'kept.txt'}",
+                           f"data.val_split={val_split}"]
+    s2_dir = root / "stage2"
+    run_training(CONFIG, s2_dir, budget, s2_over)
+    s2_ckpt = final_checkpoint(s2_dir)
+
+    # evaluation ---------------------------------------------------------------------------
+    stages, rows = {}, []
+    for name, run_dir, ckpt in (("stage1", s1_dir, s1_ckpt), ("stage2", s2_dir, s2_ckpt)):
+        lead_m = evaluate_checkpoint(ckpt, lead_test, run_dir / "eval_test_lead.json", True)
+        plain_m = evaluate_checkpoint(ckpt, plain_test, run_dir / "eval_test_plain.json", True)
+        stats = run_stats(run_dir)
+        stages[name] = {
+            "checkpoint": str(ckpt.relative_to(REPO)), **stats,
+            "infinite_depth_fraction": lead_m.get("infinite_depth_fraction"),
+            "infinite_depth_images": lead_m.get("infinite_depth_images"),
+            "dynamic_images": lead_m.get("dynamic_images"),
+            "lead_abs_rel": lead_m["abs_rel"], "lead_car_abs_rel": lead_m.get("per_class", {}).get("car", {}).get("abs_rel"),
+            "plain_abs_rel": plain_m["abs_rel"], "plain_a1": plain_m["a1"], "lead_a1": lead_m["a1"],
+        }
+        rows.append({"stage": name, "steps": stats["steps"], "train_min": stats["train_min"],
+                     "train_images": report["images"] - (report["dropped"] if name == "stage2" else 0),
+                     "inf_depth_frac": stages[name]["infinite_depth_fraction"] or 0.0,
+                     "car_abs_rel(lead)": stages[name]["lead_car_abs_rel"] or float("nan"),
+                     "abs_rel(lead)": lead_m["abs_rel"], "abs_rel(no lead)": plain_m["abs_rel"]})
+    print_table(rows)
+    f1 = stages["stage1"]["infinite_depth_fraction"]
+    f2 = stages["stage2"]["infinite_depth_fraction"]
+    ratio = (f2 / f1) if f1 else None
+    filt = {"images": report["images"], "dropped": report["dropped"], "fraction_dropped": report["fraction_dropped"],
+            "dropped_lead_drives": per_kind["lead"][0], "images_lead_drives": per_kind["lead"][1],
+            "dropped_plain_drives": per_kind["plain"][0], "images_plain_drives": per_kind["plain"][1],
+            "gt_positive_frames": sum(truth), **pr}
+    print_table([{"filter": "stage-1 ground-plane filter", "images": filt["images"], "dropped": filt["dropped"],
+                  "gt_positive": filt["gt_positive_frames"], "precision": pr["precision"] if pr["precision"] is not None else "n/a",
+                  "recall": pr["recall"] if pr["recall"] is not None else "n/a"}])
+    print(f"infinite-depth fraction stage 2 / stage 1: {ratio if ratio is not None else 'n/a'} (target <= {TARGET_RATIO})")
+    path = write_result("two_stage_synthetic", {
+        "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
+        "lead_car_seeds": list(LEAD_SEEDS), "val_seeds": list(VAL_SEEDS),
+        "test_lead_seeds": list(LEAD_TEST_SEEDS), "test_plain_seeds": list(TEST_SEEDS),
+        "filter": filt, "stages": stages,
+        "infinite_fraction_ratio": ratio,
+        "meets_target": (ratio is not None and ratio <= TARGET_RATIO),
+        "bench_wall_s": time.monotonic() - t_start, "table": rows}, quick=args.quick)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Fast checks of the synthetic training benchmarks: imports, argument parsing and pure helpers (no training)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import guided_vs_baseline as gvb
+from benchmarks import train_synthetic as ts
+from benchmarks import two_stage_synthetic as tss
+
+
+# ---------------------------------------------------------------- argument parsing
+
+def test_train_synthetic_args_defaults_and_quick():
+    a = ts.parse_args([])
+    assert not a.quick and a.only is None and a.threads == 0
+    assert ts.budget_of(a, ts.FULL_BUDGET_MIN) == 20.0
+    q = ts.parse_args(["--quick", "--only", "resnet18_velocity", "--only", "mobilenetv2", "--threads", "1"])
+    assert q.quick and q.only == ["resnet18_velocity", "mobilenetv2"] and q.threads == 1
+    assert ts.budget_of(q, ts.FULL_BUDGET_MIN) == ts.QUICK_BUDGET_MIN
+    assert ts.budget_of(ts.parse_args(["--quick", "--budget-minutes", "3"]), 20.0) == 3.0
+    with pytest.raises(SystemExit):
+        ts.parse_args(["--only", "resnet50"])
+    with pytest.raises(SystemExit):
+        ts.budget_of(ts.parse_args(["--budget-minutes", "0"]), 20.0)
+
+
+def test_guided_and_two_stage_args():
+    a = gvb.parse_args([])
+    assert gvb.budget_of(a, gvb.FULL_BUDGET_MIN) == 15.0 and a.semantic_init == "cityscapes" and a.band_px == 3
+    b = gvb.parse_args(["--quick", "--skip", "guided_random", "--semantic-init", "scratch", "--band-px", "2"])
+    assert b.skip == ["guided_random"] and b.semantic_init == "scratch" and b.band_px == 2.0
+    t = tss.parse_args([])
+    assert tss.budget_of(t, tss.FULL_BUDGET_MIN) == 12.0
+    assert tss.budget_of(tss.parse_args(["--quick"]), tss.FULL_BUDGET_MIN) == ts.QUICK_BUDGET_MIN
+
+
+def test_configs_exist_and_load_with_bench_overrides():
+    from semdepth_core.config import load_config
+
+    for name in ts.RUNS.values():
+        cfg = load_config(ts.CONFIGS / name, ts.data_overrides(True))
+        assert cfg.data.synthetic.frames == ts.QUICK_FRAMES and cfg.data.width == 320 and cfg.data.height == 96
+        assert not set(ts.TEST_SEEDS) & (set(cfg.data.synthetic.train_seeds) | set(cfg.data.synthetic.val_seeds))
+    sg = load_config(gvb.GUIDED_CFG, ["model.semantic.weights="])
+    assert sg.model.guidance and sg.model.semantic.enabled and sg.model.semantic.arch == "espnet"
+    assert not sg.model.semantic.finetune
+    base = load_config(gvb.BASELINE_CFG)
+    assert (sg.data, sg.loss, sg.optim, sg.train.seed) == (base.data, base.loss, base.optim, base.train.seed)
+    two = load_config(tss.CONFIG, tss.stage_overrides())
+    assert set(two.data.synthetic.lead_car_seeds) <= set(two.data.synthetic.train_seeds)
+    # held-out seeds of all three benchmarks are disjoint from training/validation and semantic drives
+    used = set(tss.TRAIN_SEEDS) | set(tss.VAL_SEEDS) | set(gvb.SEMANTIC_TRAIN_SEEDS) | set(gvb.SEMANTIC_VAL_SEEDS)
+    assert not used & (set(ts.TEST_SEEDS) | set(tss.LEAD_TEST_SEEDS))
+
+
+def test_sets_and_data_overrides():
+    assert ts.sets(["a=1", "b.c=x"]) == ["--set", "a=1", "--set", "b.c=x"]
+    assert ts.data_overrides(False) == []
+    assert ts.data_overrides(False, 30) == ["data.synthetic.frames=30"]
+    assert "data.synthetic.render_width=320" in ts.data_overrides(True)
+
+
+# ---------------------------------------------------------------- boundary band
+
+def test_label_edges_and_band_on_constructed_map():
+    lab = np.zeros((12, 20), dtype=np.int64)
+    lab[:, 10:] = 13  # one vertical edge between columns 9 and 10
+    edges = gvb.label_edges(lab)
+    assert set(np.nonzero(edges.any(0))[0]) == {9, 10} and edges[:, 9].all() and edges[:, 10].all()
+    band = gvb.boundary_band_mask(lab, radius=3)
+    cols = np.nonzero(band.all(0))[0]
+    assert cols.min() == 6 and cols.max() == 13 and not band[:, :6].any() and not band[:, 14:].any()
+    assert gvb.boundary_band_mask(lab, radius=0).sum() == edges.sum()
+
+
+def test_band_uniform_map_is_empty_and_square_object():
+    assert not gvb.boundary_band_mask(np.full((8, 8), 7), 3).any()
+    lab = np.zeros((30, 30), dtype=np.int64)
+    lab[10:20, 10:20] = 5
+    band = gvb.boundary_band_mask(lab, radius=2)
+    assert band[15, 8] and band[15, 11] and not band[15, 15] and not band[15, 5] and not band[2, 2]
+    with pytest.raises(ValueError):
+        gvb.label_edges(np.zeros((2, 2, 2)))
+
+
+def test_band_masked_gt_scores_only_the_band():
+    from semdepth_core.eval.metrics import compute_depth_metrics
+
+    lab = np.zeros((40, 60), dtype=np.int64)
+    lab[:, 30:] = 1
+    gt = np.full(lab.shape, 10.0)
+    pred = gt.copy()
+    band = gvb.boundary_band_mask(lab, 3)
+    pred[band] = 12.0  # errors only inside the band
+    m = compute_depth_metrics(np.where(band, gt, 0.0), pred, median_scaling=False, garg_crop=False)
+    assert m["abs_rel"] == pytest.approx(0.2) and m["num_pixels"] == band.sum()
+
+
+def test_segmentation_scores():
+    conf = np.array([[8, 2, 0], [0, 10, 0], [0, 0, 0]])
+    s = gvb.segmentation_scores(conf)
+    assert s["pixel_acc"] == pytest.approx(0.9) and s["classes"] == 2
+    assert s["miou"] == pytest.approx((8 / 10 + 10 / 12) / 2)
+
+
+# ---------------------------------------------------------------- two-stage helpers
+
+def test_precision_recall():
+    r = tss.precision_recall([1, 1, 0, 0, 1], [1, 0, 1, 0, 1])
+    assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (2, 1, 1, 1)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
+    none = tss.precision_recall([False, False], [False, False])
+    assert none["precision"] is None and none["recall"] is None
+    with pytest.raises(ValueError):
+        tss.precision_recall([True], [True, False])
+
+
+def test_frame_has_infinite_case(tmp_path):
+    import cv2
+
+    empty, car = tmp_path / "e.png", tmp_path / "c.png"
+    m = np.zeros((4, 6), np.uint8)
+    cv2.imwrite(str(empty), m)
+    m[1, 2] = 1
+    cv2.imwrite(str(car), m)
+    assert tss.frame_has_infinite_case(car, lead_drive=True)
+    assert not tss.frame_has_infinite_case(car, lead_drive=False)
+    assert not tss.frame_has_infinite_case(empty, lead_drive=True)
+    assert not tss.frame_has_infinite_case(tmp_path / "missing.png", lead_drive=True)
+
+
+# ---------------------------------------------------------------- log parsing / curve
+
+def test_read_log_reconstructs_wall_time_and_curve(tmp_path):
+    (tmp_path / "config.yaml").write_text("data:\n  batch_size: 4\n")
+    lines = [{"step": i, "epoch": 0, "total": 1.0 / i, "images_per_s": 2.0} for i in range(1, 5)]
+    lines.append({"step": 4, "epoch": 1, "val": {"abs_rel": 0.3, "a1": 0.5, "unscaled": {"abs_rel": 0.9}}})
+    lines.append({"step": 4, "event": "stop", "message": "stopped"})
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    log = ts.read_log(tmp_path)
+    assert [s["wall_s"] for s in log["steps"]] == [2.0, 4.0, 6.0, 8.0]
+    assert log["val"][0]["abs_rel"] == 0.3 and log["val"][0]["wall_s"] == 8.0
+    assert log["events"][-1]["event"] == "stop"
+    curve = ts.curve_summary(log, points=2)
+    assert [p["step"] for p in curve["steps"]] == [2, 4]
+    assert curve["steps"][0]["loss"] == pytest.approx((1 + 0.5) / 2)
+    stats = ts.run_stats(tmp_path)
+    assert stats["steps"] == 4 and stats["train_min"] == pytest.approx(8 / 60) and stats["images_per_s"] == 2.0
+    assert ts.read_log(tmp_path / "missing") == {"steps": [], "val": [], "events": []}
+
+
+def test_targets():
+    ok = ts.targets("resnet18_velocity", {"abs_rel": 0.09}, {"abs_rel": 0.12, "ratio_spread": {"median": 1.04}})
+    assert all(ok.values()) and len(ok) == 3
+    bad = ts.targets("resnet18_velocity", {"abs_rel": 0.09}, {"abs_rel": 0.12, "ratio_spread": {"median": 0.9}})
+    assert not bad["median_ratio_in_1+-0.05"]
+    assert list(ts.targets("resnet18", {"abs_rel": 0.2}, {"abs_rel": 0.5}).values()) == [False]
+
+
+def test_combined_root_links_drives(tmp_path):
+    for seed in (1, 2):
+        d = tmp_path / f"r{seed}" / "2099_01_01"
+        (d / f"2099_01_01_drive_{seed:04d}_sync").mkdir(parents=True)
+        (d / "calib_cam_to_cam.txt").write_text("x")
+    out = ts.combined_root([tmp_path / "r1", tmp_path / "r2"], tmp_path / "all")
+    names = sorted(p.name for p in (out / "2099_01_01").iterdir())
+    assert names == ["2099_01_01_drive_0001_sync", "2099_01_01_drive_0002_sync", "calib_cam_to_cam.txt"]
+    assert sorted(p.name for p in out.glob("*/*_drive_*_sync") if p.is_dir()) == names[:2]
+    ts.combined_root([tmp_path / "r1"], tmp_path / "all")  # rebuilt, the linked drives untouched
+    assert (tmp_path / "r2" / "2099_01_01" / "2099_01_01_drive_0002_sync").is_dir()
