@@ -224,3 +224,14 @@ def test_tensorrt_engine_build_and_cache(request, tmp_path):
     e2 = build_engine(custom, "fp32", tmp_path)  # cache hit: same file, not rebuilt
     assert e1 == e2 and e2.stat().st_mtime_ns == mtime
     assert any(p.name.startswith("timing_") for p in tmp_path.iterdir())
+
+
+def test_tensorrt_cli_reports_missing_tensorrt(decomposed, capsys):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here; the missing-TensorRT message cannot be checked")
+    except ImportError:
+        pass
+    rc = export_main(["tensorrt", "--build-only", "--onnx", str(decomposed), "--fp16"])
+    assert rc == 1
+    assert "TensorRT is not installed" in capsys.readouterr().err

@@ -123,9 +123,8 @@ def _make_classes():
 
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
             x, w = inputs[0], inputs[2]
-            out = trt.DimsExprs(4)
-            out[0] = x[0]
-            out[1] = w[0]
+            out = trt.DimsExprs(x)  # copy of x's [B, Cin, H, W] expressions, then edited
+            out[1] = w[0]  # Cout
             eb, op = expr_builder, trt.DimensionOperation
             k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
             for i in (2, 3):
