@@ -81,6 +81,17 @@ def test_deterministic_per_seed(tmp_path):
     assert any("oxts/data" in k for k in differing)
 
 
+def test_longer_drive_extends_shorter_one(tmp_path):
+    """Same seed: the first frames of a longer drive are the frames of a shorter one."""
+    a = S.generate_drive(tmp_path / "a", frames=2, seed=8, width=W, height=H)
+    b = S.generate_drive(tmp_path / "b", frames=4, seed=8, width=W, height=H)
+    for i in range(2):
+        for sub in (f"image_02/data/{i:010d}.png", f"image_03/data/{i:010d}.png", f"oxts/data/{i:010d}.txt",
+                    f"velodyne_points/data/{i:010d}.bin", f"semantic/image_02/{i:010d}.png"):
+            assert (a / sub).read_bytes() == (b / sub).read_bytes(), sub
+    assert (b / "oxts/timestamps.txt").read_text().startswith((a / "oxts/timestamps.txt").read_text())
+
+
 def test_layout_and_counts(drive7):
     n = 12
     date_dir = drive7.parent
@@ -130,7 +141,7 @@ def test_calibration_files_match_kitti_keys(drive7, kitti_root):
 def test_depth_png_round_trip_and_render_api(drive7):
     """The stored depth PNG equals a fresh render_frame of the same scene and pose to 1/512 m."""
     meta = _meta(drive7)
-    scene, ego, times, _ = S.make_drive_scene(meta["frames"], meta["seed"], meta["speed"], meta["lead_car"])
+    scene, ego, times = S.make_drive_scene(meta["frames"], meta["seed"], meta["speed"], meta["lead_car"])
     K = np.array(meta["K"])
     for i in (0, 7):
         rgb, depth, sem, dyn = S.render_frame(scene.at(times[i]), np.array(meta["T_world_cam02"][i]), K, W, H)
@@ -216,7 +227,7 @@ def test_texture_richness(drive7, cls, max_depth):
 def test_right_camera_is_stereo_shifted(drive7):
     """image_03 is the same scene seen from +0.54 m along camera x: disparity fx*0.54/depth."""
     meta = _meta(drive7)
-    scene, ego, times, _ = S.make_drive_scene(meta["frames"], meta["seed"], meta["speed"], meta["lead_car"])
+    scene, ego, times = S.make_drive_scene(meta["frames"], meta["seed"], meta["speed"], meta["lead_car"])
     K = np.array(meta["K"])
     T2 = np.array(meta["T_world_cam02"][4])
     T3 = T2 @ np.array([[1, 0, 0, 0.54], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])

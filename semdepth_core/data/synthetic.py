@@ -316,13 +316,20 @@ _CAR_COLORS = np.array([[0.75, 0.75, 0.78], [0.12, 0.12, 0.14], [0.55, 0.08, 0.0
 
 
 def build_scene(seed: int, x_min: float, x_max: float, ego: EgoTrajectory, lead_car: bool = False,
-                oncoming: int = 0, duration: float = 1.0) -> Scene:
-    """Lay out a straight urban street over x in [x_min, x_max] (deterministic per seed)."""
+                oncoming: int = 0) -> Scene:
+    """Lay out a straight urban street over x in [x_min, x_max] (deterministic per seed).
+
+    Every element type and side draws from its own random stream, so a longer street with the
+    same seed and x_min extends a shorter one (the first frames of a longer drive are the same)."""
     if not x_max > x_min:
         raise ValueError(f"x_max must exceed x_min, got [{x_min}, {x_max}]")
-    rng = np.random.default_rng([int(seed), 9176])
+
+    def stream(*key):
+        return np.random.default_rng([int(seed), 9176, *key])
+
     pl = _PrimList()
-    for side in (1.0, -1.0):
+    for si, side in enumerate((1.0, -1.0)):
+        rng = stream(si, 0)
         sw = rng.uniform(2.6, 4.0)                     # sidewalk width up to the facade line
         # --- buildings and gaps (with hedges and trees) ---
         x = x_min - rng.uniform(0, 15)
@@ -355,6 +362,7 @@ def build_scene(seed: int, x_min: float, x_max: float, ego: EgoTrajectory, lead_
                    origin=(x, yf, 0.0), var=-spacing if brick else spacing)
             x += L
         # --- parked cars in the parking strip ---
+        rng = stream(si, 1)
         x = x_min + rng.uniform(0, 6)
         while x < x_max:
             if rng.random() < 0.35:
@@ -368,6 +376,7 @@ def build_scene(seed: int, x_min: float, x_max: float, ego: EgoTrajectory, lead_
             pl.rows.extend(_rows_from_arrays(pts))
             x += L + rng.uniform(1.0, 5.0)
         # --- street trees on the sidewalk ---
+        rng = stream(si, 2)
         x = x_min + rng.uniform(0, 10)
         while x < x_max:
             if rng.random() < 0.7:
@@ -379,6 +388,7 @@ def build_scene(seed: int, x_min: float, x_max: float, ego: EgoTrajectory, lead_
                           np.array([0.2, 0.38, 0.12]) * rng.uniform(0.8, 1.2), var=rng.uniform(0, 100))
             x += rng.uniform(10, 22)
         # --- poles with or without a traffic sign ---
+        rng = stream(si, 3)
         x = x_min + rng.uniform(0, 15)
         while x < x_max:
             py = side * (ROAD_HALF + 0.45)
@@ -393,15 +403,17 @@ def build_scene(seed: int, x_min: float, x_max: float, ego: EgoTrajectory, lead_
             x += rng.uniform(15, 40)
     prims = pl.arrays()
     movers = []
+    rng = stream(2)
     if lead_car:
         col = _CAR_COLORS[rng.integers(len(_CAR_COLORS))]
         movers.append(Mover(_car_parts(rng, col, 1), EGO_LANE_Y, "lead", gap=float(rng.uniform(10.0, 15.0))))
     for _ in range(int(oncoming)):
         col = _CAR_COLORS[rng.integers(len(_CAR_COLORS))]
         v = -float(rng.uniform(7.0, 12.0))
-        t_meet = float(rng.uniform(0.3, 1.0)) * duration + float(rng.uniform(0.5, 3.0))
+        t_meet = float(rng.uniform(1.5, 6.0)) + 4.0 * len(movers)
         x_meet = float(ego.x(t_meet))
         movers.append(Mover(_car_parts(rng, col, 1), ONCOMING_LANE_Y, "const", x0=x_meet - v * t_meet, v=v))
+    rng = stream(3)
     sun_az = rng.uniform(-math.pi, math.pi)
     sun_el = rng.uniform(0.5, 1.0)
     sun = np.array([math.cos(sun_el) * math.cos(sun_az), math.cos(sun_el) * math.sin(sun_az), math.sin(sun_el)])
@@ -1095,7 +1107,7 @@ def _fmt_oxts(v: float) -> str:
     return "0" if s == "-0" else s
 
 
-def _oxts_records(ego: EgoTrajectory, times: np.ndarray, origin: dict, rng) -> np.ndarray:
+def _oxts_records(ego: EgoTrajectory, times: np.ndarray, origin: dict, seed: int) -> np.ndarray:
     """[N,30] OXTS fields at `times` for the ego IMU trajectory; scene frame rotated by
     origin['yaw0'] about z and placed at (lat0, lon0, alt0) via the devkit Mercator projection."""
     lat0, lon0, alt0, yaw0 = origin["lat0"], origin["lon0"], origin["alt0"], origin["yaw0"]
@@ -1128,8 +1140,9 @@ def _oxts_records(ego: EgoTrajectory, times: np.ndarray, origin: dict, rng) -> n
                      *a_body, *a_level, *w_body, *w_level])
     rows = np.asarray(rows, dtype=np.float64)
     n = rows.shape[0]
-    pos_acc = 0.02 + 0.01 * rng.random(n)
-    vel_acc = 0.01 + 0.005 * rng.random(n)
+    u = np.random.default_rng([int(seed), 5]).random((n, 2))     # row i depends on i only (prefix-stable)
+    pos_acc = 0.02 + 0.01 * u[:, 0]
+    vel_acc = 0.01 + 0.005 * u[:, 1]
     status = np.tile(np.array([4, 11, 6, 6, 6], float), (n, 1))
     return np.hstack([rows, pos_acc[:, None], vel_acc[:, None], status])
 
@@ -1188,7 +1201,8 @@ def _validate(frames, seed, width, height, speed, drive_id, date):
 
 
 def make_drive_scene(frames: int, seed: int, speed: float = 10.0, lead_car: bool = False):
-    """Ego trajectory, frame times and the scene for a drive (no files written)."""
+    """(scene, ego trajectory, frame times in s) of a drive, exactly as `generate_drive` renders it
+    (no files written). The camera poses follow from the calibration; see scene.json."""
     rng = np.random.default_rng([int(seed), 1])
     ego = EgoTrajectory(
         speed=float(speed), x0=0.0,
@@ -1203,8 +1217,8 @@ def make_drive_scene(frames: int, seed: int, speed: float = 10.0, lead_car: bool
     times = np.arange(frames) / FRAME_RATE + jitter
     x_end = float(ego.x(times[-1]))
     scene = build_scene(seed, -MAX_RANGE - 10.0, x_end + MAX_RANGE + 10.0, ego, lead_car=lead_car,
-                        oncoming=0 if lead_car else 2, duration=float(times[-1]) + 0.1)
-    return scene, ego, times, rng
+                        oncoming=0 if lead_car else 2)
+    return scene, ego, times
 
 
 def generate_drive(out_root, frames: int, seed: int, width: int = 640, height: int = 192, lead_car: bool = False,
@@ -1224,7 +1238,7 @@ def generate_drive(out_root, frames: int, seed: int, width: int = 640, height: i
     rig = _rig_from_texts(cam_txt, velo_txt, imu_txt)
     K = rig.K
 
-    scene, ego, times, rng = make_drive_scene(frames, seed, speed, lead_car)
+    scene, ego, times = make_drive_scene(frames, seed, speed, lead_car)
     # camera height: place the IMU so that camera 2 sits CAM_HEIGHT above the road
     T_imu_cam = _inv(rig.T_cam_imu)
     ego.imu_height = CAM_HEIGHT - float(T_imu_cam[2, 3])
@@ -1265,7 +1279,7 @@ def generate_drive(out_root, frames: int, seed: int, width: int = 640, height: i
         "alt0": float(_fmt_oxts(110.0 + org_rng.uniform(0, 10))),
         "yaw0": float(org_rng.uniform(-math.pi, math.pi)),
     }
-    recs = _oxts_records(ego, times, origin, rng)
+    recs = _oxts_records(ego, times, origin, seed)
     for i, rec in enumerate(recs):
         (dirs["oxts/data"] / f"{i:010d}.txt").write_text(_oxts_line(rec))
     (drive_dir / "oxts" / "dataformat.txt").write_text("".join(f"{k}: {d}\n" for k, d in OXTS_FIELDS))
