@@ -306,6 +306,18 @@ def test_two_drives_share_a_date_dir(tmp_path):
     assert sorted(p.name for p in a.parent.glob("*_sync")) == [f"{DATE}_drive_0003_sync", f"{DATE}_drive_0004_sync"]
 
 
+def test_regenerating_replaces_the_drive(tmp_path):
+    d = S.generate_drive(tmp_path, frames=3, seed=2, width=W, height=H)
+    d2 = S.generate_drive(tmp_path, frames=1, seed=2, width=W, height=H)
+    assert d == d2 and len(list((d / "image_02/data").iterdir())) == 1
+    other = tmp_path / DATE / f"{DATE}_drive_0033_sync"
+    other.mkdir()
+    (other / "keep.txt").write_text("not generated")
+    with pytest.raises(ValueError, match="not a synthetic drive"):
+        S.generate_drive(tmp_path, frames=1, seed=33, width=W, height=H)
+    assert (other / "keep.txt").is_file()
+
+
 def test_cli(tmp_path, capsys):
     rc = S.main(["--out", str(tmp_path), "--frames", "2", "--seed", "9", "--width", "96", "--height", "32",
                  "--lead-car", "--speed", "8", "--drive-id", "42"])

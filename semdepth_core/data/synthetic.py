@@ -37,6 +37,7 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1230,6 +1231,12 @@ def generate_drive(out_root, frames: int, seed: int, width: int = 640, height: i
     date_dir = Path(out_root) / date
     drive_dir = date_dir / f"{date}_drive_{drive_id:04d}_sync"
     date_dir.mkdir(parents=True, exist_ok=True)
+    if drive_dir.exists():
+        # regenerating replaces a drive written by this generator (no stale frames are left);
+        # anything else in the way is not ours to delete
+        if not (drive_dir / "scene.json").is_file():
+            raise ValueError(f"{drive_dir} exists and is not a synthetic drive; choose another drive_id or out_root")
+        shutil.rmtree(drive_dir)
 
     cam_txt, velo_txt, imu_txt = _calib_texts(width, height, date)
     _write_if_consistent(date_dir / "calib_cam_to_cam.txt", cam_txt)
