@@ -1025,7 +1025,9 @@ def intrinsics(width: int, height: int) -> np.ndarray:
 def _calib_texts(width: int, height: int, date: str) -> tuple[str, str, str]:
     K = intrinsics(width, height)
     fx = K[0, 0]
-    when = _dt.datetime.strptime(date, "%Y_%m_%d").strftime("%d-%b-%Y") + " 12:00:00"
+    d = _dt.datetime.strptime(date, "%Y_%m_%d")
+    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")[d.month - 1]
+    when = f"{d.day:02d}-{month}-{d.year} 12:00:00"          # KITTI style, independent of the locale
     lines = [f"calib_time: {when}", f"corner_dist: {_fmt([0.0995])}"]
     for c in range(4):
         tx = -BASELINE if c in (1, 3) else 0.0
