@@ -206,6 +206,9 @@ def tensorrt_available() -> tuple[bool, str]:
 # benchmarks/results/backends_quick.json):
 #   resnet18 guided (ESPNet + PAC):     torch 4748 ms   onnxruntime 1602 ms  (3.0x)
 #   mobilenetv2 guided (ESPNet + PAC):  torch 4410 ms   onnxruntime 1452 ms  (3.0x)
+# The full run (benchmarks/results/backends.json, 1 warm-up + 3 reps) agrees at 640x192:
+#   resnet18 guided 5768 vs 1540 ms, mobilenetv2 guided 1997 vs 615 ms, resnet18 5671 vs 899 ms,
+# and onnxruntime is also faster in every 1248x384 cell (e.g. resnet18 guided 10505 vs 6787 ms).
 # => ONNX Runtime. Its one-off cost is the export on first use (~20-25 s here), cached on disk
 # by checkpoint sha256 and input size (see backends/onnxruntime_backend.py).
 CPU_DEFAULT_BACKEND = "onnxruntime"
