@@ -32,7 +32,11 @@ import numpy as np
 
 
 class ImageConversionError(ValueError):
-    """An Image message cannot be decoded (unknown encoding, bad size, truncated data)."""
+    """An Image message cannot be decoded. `kind`: 'encoding', 'size', 'step' or 'truncated'."""
+
+    def __init__(self, message: str, kind: str = "image"):
+        super().__init__(message)
+        self.kind = kind
 
 
 # encoding -> (channels, dtype of one channel)
@@ -81,21 +85,21 @@ def _image_pixels(msg) -> tuple[np.ndarray, str]:
     enc = str(msg.encoding).strip()
     if enc not in _IMAGE_ENCODINGS:
         raise ImageConversionError(
-            f"unsupported image encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            f"unsupported image encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})", "encoding")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ImageConversionError(f"image has zero size ({w}x{h})")
+        raise ImageConversionError(f"image has zero size ({w}x{h})", "size")
     ch, dt = _IMAGE_ENCODINGS[enc]
     itemsize = np.dtype(dt).itemsize
     row_bytes = w * ch * itemsize
     if step < row_bytes:
         raise ImageConversionError(
-            f"image step {step} < width*bytes_per_pixel = {w}*{ch * itemsize} = {row_bytes} ({enc})")
+            f"image step {step} < width*bytes_per_pixel = {w}*{ch * itemsize} = {row_bytes} ({enc})", "step")
     buf = _as_uint8_buffer(msg.data)
     need = step * h
     if buf.size < need:
         raise ImageConversionError(
-            f"truncated image data: {buf.size} bytes < step*height = {step}*{h} = {need} ({w}x{h} {enc})")
+            f"truncated image data: {buf.size} bytes < step*height = {step}*{h} = {need} ({w}x{h} {enc})", "truncated")
     rows = buf[:need].reshape(h, step)[:, :row_bytes]
     if itemsize > 1:
         dtype = np.dtype(dt).newbyteorder(">" if msg.is_bigendian else "<")
@@ -128,10 +132,10 @@ def image_msg_to_array(msg) -> np.ndarray:
     if str(msg.encoding).strip() == "32FC1":
         h, w, step = int(msg.height), int(msg.width), int(msg.step)
         if h <= 0 or w <= 0 or step < 4 * w:
-            raise ImageConversionError(f"bad 32FC1 image geometry {w}x{h} step {step}")
+            raise ImageConversionError(f"bad 32FC1 image geometry {w}x{h} step {step}", "size")
         buf = _as_uint8_buffer(msg.data)
         if buf.size < step * h:
-            raise ImageConversionError(f"truncated 32FC1 image data: {buf.size} < {step * h}")
+            raise ImageConversionError(f"truncated 32FC1 image data: {buf.size} < {step * h}", "truncated")
         rows = np.ascontiguousarray(buf[: step * h].reshape(h, step)[:, : 4 * w])
         return rows.view(np.dtype("f4").newbyteorder(">" if msg.is_bigendian else "<")).astype(np.float32)
     px, _ = _image_pixels(msg)

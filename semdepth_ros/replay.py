@@ -351,7 +351,12 @@ def replay(args, log=print) -> int:
                         f"{rec['median_ratio']:.3f}) | running abs_rel={s['abs_rel']:.4f} a1={s['a1']:.4f} "
                         f"unscaled abs_rel={u['abs_rel']:.4f} a1={u['a1']:.4f}")
 
-            node.create_subscription(Image, args.depth_topic, on_depth, qos_profile_sensor_data)
+            depth_qos = qos_profile_sensor_data
+            if args.depth_reliable:  # only matches a reliable depth publisher (qos_overrides on the node)
+                from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+                depth_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            node.create_subscription(Image, args.depth_topic, on_depth, depth_qos)
 
         def wait_until(deadline: float) -> None:
             while not stop["flag"]:
@@ -477,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clock", action="store_true", help="also publish /clock with the bag time (use_sim_time)")
     ap.add_argument("--evaluate", action="store_true", help="score the depth node's output against the Velodyne")
     ap.add_argument("--depth-topic", default="depth", help="depth topic to evaluate (default: depth)")
+    ap.add_argument("--depth-reliable", action="store_true",
+                    help="subscribe to depth with reliable QoS (the node's depth publisher must be reliable too: "
+                         "-p qos_overrides./depth.publisher.reliability:=reliable); best effort loses MB-sized images "
+                         "under load")
     ap.add_argument("--eval-tolerance", type=float, default=0.05, help="max |stamp difference| depth<->cloud (s)")
     ap.add_argument("--eval-wait", type=float, default=5.0, help="seconds to wait for late depth images at the end")
     ap.add_argument("--eval-out", default="", help="write the evaluation summary as JSON here")

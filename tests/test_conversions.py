@@ -77,8 +77,9 @@ def test_bad_images_raise_clear_errors():
         C.image_msg_to_rgb(m)
     m = _img(4, 5, "rgb8", rgb)
     m.data = m.data[:-1]
-    with pytest.raises(C.ImageConversionError, match="truncated image data: 59 bytes < step\\*height"):
+    with pytest.raises(C.ImageConversionError, match="truncated image data: 59 bytes < step\\*height") as ei:
         C.image_msg_to_rgb(m)
+    assert ei.value.kind == "truncated"
     assert issubclass(C.ImageConversionError, ValueError)
 
 

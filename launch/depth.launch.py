@@ -1,0 +1,61 @@
+"""Launch semdepth_ros `depth_node`.
+
+    ros2 launch semdepth_ros depth.launch.py checkpoint:=/path/model.pt image:=/camera/image_raw \\
+        camera_info:=/camera/camera_info odom:=/odom namespace:=front
+
+Equivalent command line (what tests/test_node.py runs):
+
+    depth_node --ros-args -r __ns:=/<namespace> --params-file <share>/config/depth.yaml \\
+        -p checkpoint:=... -p backend:=... -p use_sim_time:=... \\
+        -r image:=<image> -r camera_info:=<camera_info> -r odom:=<odom>
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+
+PACKAGE = "semdepth_ros"
+EXECUTABLE = "depth_node"
+NODE_NAME = "depth_node"
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "depth.yaml")
+    args = [
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("image", default_value="image", description="input sensor_msgs/Image topic"),
+        DeclareLaunchArgument("camera_info", default_value="camera_info",
+                              description="input sensor_msgs/CameraInfo topic"),
+        DeclareLaunchArgument("odom", default_value="odom",
+                              description="input nav_msgs/Odometry topic (scale.mode odometry)"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="semdepth checkpoint (.pt)"),
+        DeclareLaunchArgument("backend", default_value="auto", description="auto | torch | onnxruntime | tensorrt"),
+        DeclareLaunchArgument("params_file", default_value=default_params,
+                              description="ROS parameters file (depth_node: ros__parameters: ...)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
+    ]
+    node = LifecycleNode(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=NODE_NAME,
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "checkpoint": LaunchConfiguration("checkpoint"),
+                "backend": LaunchConfiguration("backend"),
+                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+            },
+        ],
+        remappings=[
+            ("image", LaunchConfiguration("image")),
+            ("camera_info", LaunchConfiguration("camera_info")),
+            ("odom", LaunchConfiguration("odom")),
+        ],
+    )
+    return LaunchDescription(args + [node])

@@ -1,0 +1,567 @@
+"""depth_node end to end: real processes, real DDS on localhost, a random ROS domain per test module.
+
+The node runs exactly as the launch file would start it (`python -m semdepth_ros.node --ros-args
+--params-file config/depth.yaml -p ... -r ...`); this process publishes real KITTI frames and
+checks every output, the bad-input classes, parameter validation, overload behaviour and
+shutdown. The model is a small randomly initialised checkpoint (ResNet-18 + ESPNet semantics at
+192x64) built with the project's own model code.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy")
+
+from semdepth_ros import conversions as C  # noqa: E402
+from semdepth_ros import node as N  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAIN = random.randint(1, 200)
+NS = "/semdepth_test"
+IMG, INFO, ODOM = "/cam/image_raw", "/cam/camera_info", "/cam/odom"
+FRAME = "camera_color_left_optical"
+
+
+# ------------------------------------------------------------------------------- pure parts
+def test_parameter_validation_rules():
+    assert N.check_parameter("scale.mode", "odometry") is None
+    assert "must be one of" in N.check_parameter("scale.mode", "bogus")
+    assert "expected float" in N.check_parameter("scale.value", "2")
+    assert "must be > 0" in N.check_parameter("scale.value", -1.0)
+    assert N.check_parameter("scale.value", 2) is None  # ints are fine for doubles
+    assert "1..64" in N.check_parameter("points.stride", 0)
+    assert "multiple of 32" in N.check_parameter("input_height", 100)
+    assert N.check_parameter("input_height", 0) is None
+    assert "0..255" in N.check_parameter("points.exclude_labels", [10, 300])
+    assert "expected bool" in N.check_parameter("autostart", 1)
+    assert N.check_parameter("qos_overrides./x.publisher.depth", 3) is None  # not ours
+
+
+def test_config_yaml_lists_every_parameter_with_its_default():
+    doc = yaml.safe_load((REPO / "config" / "depth.yaml").read_text())
+    (key,) = doc
+    assert key.endswith("depth_node")
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, prefix + k + ".")
+            else:
+                yield prefix + k, v
+
+    assert dict(flat(doc[key]["ros__parameters"])) == {p.name: p.default for p in N.PARAMS}
+
+
+def test_launch_file_runs_the_same_executable_params_and_remaps():
+    tree = ast.parse((REPO / "launch" / "depth.launch.py").read_text())
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+              for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    assert consts == {"PACKAGE": "semdepth_ros", "EXECUTABLE": "depth_node", "NODE_NAME": "depth_node"}
+    setup = (REPO / "setup.py").read_text()
+    assert '"depth_node = semdepth_ros.node:main"' in setup
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    node_call = next(c for c in calls if c.func.id in ("Node", "LifecycleNode"))
+    kw = {k.arg: k.value for k in node_call.keywords}
+    assert ast.unparse(kw["package"]) == "PACKAGE" and ast.unparse(kw["executable"]) == "EXECUTABLE"
+    remaps = [(ast.literal_eval(e.elts[0]), ast.unparse(e.elts[1])) for e in kw["remappings"].elts]
+    assert remaps == [("image", "LaunchConfiguration('image')"), ("camera_info", "LaunchConfiguration('camera_info')"),
+                      ("odom", "LaunchConfiguration('odom')")]
+    params = ast.unparse(kw["parameters"])
+    assert "LaunchConfiguration('params_file')" in params and "'checkpoint'" in params and "'use_sim_time'" in params
+    args = {ast.literal_eval(c.args[0]): c for c in calls if c.func.id == "DeclareLaunchArgument"}
+    assert set(args) == {"namespace", "image", "camera_info", "odom", "checkpoint", "backend", "params_file",
+                         "use_sim_time"}
+    src = ast.unparse(tree)
+    assert "get_package_share_directory(PACKAGE), 'config', 'depth.yaml'" in src
+    assert "config/*.yaml" in setup and "launch/*.launch.py" in setup  # installed where the launch file looks
+
+
+def test_mailbox_latest_wins_and_counts_drops():
+    mb = N.Mailbox()
+    assert mb.get(timeout=0.01) is None
+    assert mb.put(1) is False and mb.put(2) is True and mb.put(3) is True
+    assert mb.get(timeout=0.01) == 3 and mb.dropped == 2 and mb.get(timeout=0.01) is None
+
+
+def test_rate_limited_log_reports_suppressed_repeats():
+    now = [0.0]
+    out = []
+    log = N.RateLimitedLog(out.append, period=5.0, clock=lambda: now[0])
+    assert log("image", "bad encoding") is True
+    now[0] = 1.0
+    assert log("image", "bad encoding") is False
+    assert log("odom", "nan twist") is True  # another kind is independent
+    now[0] = 6.0
+    assert log("image", "bad encoding") is True
+    assert out == ["bad encoding", "nan twist", "bad encoding [1 more like this in the last 5s]"]
+    assert log.counts == {"image": 3, "odom": 1}
+
+
+def test_nearest_speed():
+    s = [(1_000_000_000, 5.0), (1_100_000_000, 6.0)]
+    assert N.nearest_speed(s, 1_090_000_000, 0.05) == 6.0
+    assert N.nearest_speed(s, 2_000_000_000, 0.05) is None
+
+
+# ------------------------------------------------------------------------------- processes
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from semdepth_core.checkpoint import save_checkpoint
+    from semdepth_core.config import Config, config_to_dict
+    from semdepth_core.nets.model import build_models
+
+    cfg = Config()
+    cfg.data.height, cfg.data.width = 64, 192
+    cfg.model.depth_net = "resnet18"
+    cfg.model.semantic.enabled = True
+    cfg.model.semantic.arch = "espnet"
+    torch.manual_seed(0)
+    depth, pose = build_models(cfg.model, num_context=len(cfg.data.context))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {"config": config_to_dict(cfg), "depth_model": depth.state_dict(),
+                           "pose_net": pose.state_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def kitti_frames(kitti_drive_dir):
+    from semdepth_core.data import kitti
+
+    drive = kitti.KittiDrive(kitti_drive_dir)
+    K = drive.calib.K(2)
+    return [drive.load_image(f) for f in drive.frames], K
+
+
+def _env(tmp_path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                ROS_DOMAIN_ID=str(DOMAIN), ROS_LOG_DIR=str(tmp_path / "roslog"), PYTHONUNBUFFERED="1",
+                RCUTILS_LOGGING_BUFFERED_STREAM="0", OMP_NUM_THREADS="1")
+
+
+def _reliable_overrides(*topics_pub) -> list[str]:
+    """QoS overrides (the standard qos_overrides parameters) making the image input and the named outputs reliable."""
+    args = ["-p", f"qos_overrides.{IMG}.subscription.reliability:=reliable",
+            "-p", f"qos_overrides.{INFO}.subscription.reliability:=reliable",
+            "-p", f"qos_overrides.{ODOM}.subscription.reliability:=reliable"]
+    for t in topics_pub:
+        args += ["-p", f"qos_overrides.{NS}/{t}.publisher.reliability:=reliable"]
+    return args
+
+
+class NodeProcess:
+    def __init__(self, tmp_path, checkpoint, extra=()):
+        self.log_path = tmp_path / f"node_{time.monotonic_ns()}.log"
+        cmd = [sys.executable, "-m", "semdepth_ros.node", "--ros-args", "--params-file", str(REPO / "config/depth.yaml"),
+               "-r", f"__ns:={NS}", "-p", f"checkpoint:={checkpoint}", "-p", "backend:=torch",
+               "-p", "num_threads:=1", "-p", "diagnostics_period:=0.5",
+               "-r", f"image:={IMG}", "-r", f"camera_info:={INFO}", "-r", f"odom:={ODOM}", *extra]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGINT, timeout=15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"node did not exit within {timeout}s of {sig!r}:\n{self.log()[-3000:]}")
+        self._log.close()
+        return self.proc.returncode
+
+
+class Probe:
+    """The other side of the node: publishes camera frames, records every output and /diagnostics."""
+
+    def __init__(self, reliable_outputs: bool = True):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Odometry
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=DOMAIN)
+        self.node = Node("probe", context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_img = self.node.create_publisher(Image, IMG, rel)
+        self.pub_info = self.node.create_publisher(CameraInfo, INFO, rel)
+        self.pub_odom = self.node.create_publisher(Odometry, ODOM, rel)
+        self.got: dict[str, list] = {k: [] for k in N.OUTPUT_TOPICS + ("diag",)}
+        out_qos = rel if reliable_outputs else qos_profile_sensor_data
+        types = {"depth": Image, "depth/camera_info": CameraInfo, "semantic": Image, "semantic/color": Image,
+                 "points": PointCloud2}
+        for name, typ in types.items():
+            self.node.create_subscription(typ, f"{NS}/{name}", lambda m, k=name: self.got[k].append(m), out_qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.got["diag"].append(m), 10)
+
+    def spin_until(self, cond, timeout: float, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            self.ex.spin_once(timeout_sec=0.05)
+        if not cond():
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def header(self, sec: int):
+        from std_msgs.msg import Header
+
+        h = Header(frame_id=FRAME)
+        h.stamp.sec = sec
+        return h
+
+    def send(self, rgb, sec: int, K=None, size=None):
+        if K is not None:
+            w, h = size or (rgb.shape[1], rgb.shape[0])
+            self.pub_info.publish(C.make_camera_info(self.header(sec), K, w, h))
+            end = time.monotonic() + 0.3  # let the node take the CameraInfo before the image
+            while time.monotonic() < end:
+                self.ex.spin_once(timeout_sec=0.05)
+        self.pub_img.publish(C.rgb_to_image_msg(rgb, self.header(sec)))
+
+    def outputs_for(self, topic: str, sec: int) -> list:
+        return [m for m in self.got[topic] if m.header.stamp.sec == sec]
+
+    def wait_output(self, sec: int, topic: str = "depth", timeout: float = 40.0):
+        self.spin_until(lambda: self.outputs_for(topic, sec), timeout, f"{topic} for stamp {sec}")
+        return self.outputs_for(topic, sec)[-1]
+
+    def diag(self) -> dict:
+        st = self.got["diag"][-1].status[0]
+        d = {kv.key: kv.value for kv in st.values}
+        d["_level"], d["_message"] = st.level, st.message
+        return d
+
+    def set_params(self, **values):
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        cli = self.node.create_client(SetParameters, f"{NS}/depth_node/set_parameters")
+        self.spin_until(cli.service_is_ready, 20, "set_parameters service")
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k.replace("__", "."), value=v).to_parameter_msg() for k, v in values.items()]
+        fut = cli.call_async(req)
+        self.spin_until(fut.done, 20, "set_parameters response")
+        self.node.destroy_client(cli)
+        return fut.result().results
+
+    def close(self):
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+@pytest.fixture
+def probe():
+    p = Probe()
+    yield p
+    p.close()
+
+
+def _wait_serving(probe: Probe, node: NodeProcess, timeout=60.0):
+    def ready():
+        assert node.proc.poll() is None, f"node exited early:\n{node.log()[-3000:]}"
+        return probe.pub_img.get_subscription_count() > 0 and probe.node.count_publishers(f"{NS}/depth") > 0
+    probe.spin_until(ready, timeout, "the node to subscribe to the image topic")
+
+
+@pytest.mark.ros
+def test_node_outputs_bad_inputs_parameters_and_sigterm(tmp_path, checkpoint, kitti_frames, probe):
+    frames, K = kitti_frames
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "error_log_period:=60.0"]
+                       + _reliable_overrides("depth", "semantic", "semantic/color", "depth/camera_info", "points"))
+    try:
+        _wait_serving(probe, node)
+        rgb = frames[0]
+        H, W = rgb.shape[:2]
+        # ---- a good frame: every output, stamped and framed like the input, at the input size
+        probe.send(rgb, 100, K)
+        depth_msg = probe.wait_output(100)
+        for topic in N.OUTPUT_TOPICS:
+            probe.wait_output(100, topic, timeout=10)
+        assert (depth_msg.encoding, depth_msg.width, depth_msg.height) == ("32FC1", W, H)
+        assert depth_msg.header.frame_id == FRAME and depth_msg.header.stamp.nanosec == 0
+        depth = C.image_msg_to_array(depth_msg)
+        assert np.isfinite(depth).all() and depth.min() >= 0.1 - 1e-4 and depth.max() <= 100.0 + 1e-3
+        sem = probe.outputs_for("semantic", 100)[-1]
+        labels = C.image_msg_to_array(sem)
+        assert sem.encoding == "mono8" and labels.shape == (H, W)
+        assert set(np.unique(labels)) <= set(range(19)) | {255}
+        col = probe.outputs_for("semantic/color", 100)[-1]
+        from semdepth_core.data.labels import colorize
+
+        assert col.encoding == "rgb8"
+        np.testing.assert_array_equal(C.image_msg_to_rgb(col), colorize(labels))
+        info = probe.outputs_for("depth/camera_info", 100)[-1]
+        np.testing.assert_allclose(np.array(info.k).reshape(3, 3), K)
+        assert (info.width, info.height, info.header.frame_id) == (W, H, FRAME)
+        pts = probe.outputs_for("points", 100)[-1]
+        assert [f.name for f in pts.fields] == ["x", "y", "z", "rgb", "label"]
+        assert (pts.height, pts.width, pts.point_step) == ((H + 1) // 2, (W + 1) // 2, 20)  # stride 2, organised
+        arr = C.pointcloud2_to_array(pts)
+        z_expect = np.where(labels[::2, ::2] == 10, np.nan, depth[::2, ::2])  # sky (10) excluded by default
+        np.testing.assert_allclose(arr["z"], z_expect, rtol=1e-6, equal_nan=True)
+        np.testing.assert_array_equal(arr["label"], labels[::2, ::2])
+        np.testing.assert_array_equal(C.unpack_rgb(arr["rgb"].reshape(-1)).reshape(arr.shape + (3,)), rgb[::2, ::2])
+
+        # ---- bad inputs: each kind twice, then a good frame that must still be served
+        from sensor_msgs.msg import Image
+
+        def bad_image(kind):
+            m = C.rgb_to_image_msg(rgb, probe.header(0))
+            if kind == "encoding":
+                m.encoding = "yuv422"
+            elif kind == "zero":
+                m.width, m.height, m.step = 0, 0, 0
+                m.data = []
+            elif kind == "truncated":
+                m.data = m.data[: len(m.data) // 2]
+            assert isinstance(m, Image)
+            return m
+
+        def diag_count(key):
+            return int(probe.diag().get(key, 0)) if probe.got["diag"] else 0
+
+        sec = 200
+        for kind, key in (("encoding", "errors.image.encoding"), ("zero", "errors.image.size"),
+                          ("truncated", "errors.image.truncated")):
+            for i in range(2):  # one at a time: the one-slot mailbox would otherwise keep only the newest
+                probe.pub_img.publish(bad_image(kind))
+                probe.spin_until(lambda: diag_count(key) == i + 1, 20, f"{key} == {i + 1}")
+            sec += 1
+            probe.send(rgb, sec, K)
+            probe.wait_output(sec)
+        # CameraInfo at half resolution: rescaled to the image size (half-pixel rule)
+        sec += 1
+        half_K = C.scale_K(K, (W, H), (W // 2, H // 2))
+        probe.send(rgb, sec, half_K, size=(W // 2, H // 2))
+        probe.wait_output(sec)
+        info = probe.wait_output(sec, "depth/camera_info", timeout=10)
+        np.testing.assert_allclose(np.array(info.k).reshape(3, 3), C.scale_K(half_K, (W // 2, H // 2), (W, H)))
+        assert (info.width, info.height) == (W, H)
+        # CameraInfo without intrinsics: depth still served, no cloud for that frame
+        sec += 1
+        probe.send(rgb, sec, np.zeros((3, 3)))
+        probe.wait_output(sec)
+        assert not np.any(probe.wait_output(sec, "depth/camera_info", timeout=10).k)
+        # odometry with NaN twist (twice)
+        from nav_msgs.msg import Odometry
+
+        for _ in range(2):
+            od = Odometry()
+            od.header = probe.header(sec)
+            od.twist.twist.linear.x = math.nan
+            probe.pub_odom.publish(od)
+        sec += 1
+        probe.send(rgb, sec, K)
+        probe.wait_output(sec)
+        probe.wait_output(sec, "points", timeout=10)
+        log = node.log()
+        for needle in ("unsupported image encoding 'yuv422'", "image has zero size (0x0)",
+                       "truncated image data", "rescaling the intrinsics", "no valid intrinsics",
+                       "non-finite twist"):
+            assert log.count(needle) == 1, (needle, log[-4000:])
+        probe.spin_until(lambda: probe.got["diag"] and probe.diag()["bad_images"] == "6"
+                         and int(probe.diag()["frames_processed"]) >= 7, 10, "diagnostics")
+        d = probe.diag()
+        assert (d["errors.image.encoding"], d["errors.image.size"], d["errors.image.truncated"]) == ("2", "2", "2")
+        assert d["errors.odom"] == "2" and d["errors.camera_info"] == "1" and d["scale.mode"] == "none"
+        assert int(d["frames_processed"]) >= 7 and float(d["time_ms.network"]) > 0 and "time_ms.publish" in d
+        assert d["state"] == "active" and d["backend"] == "torch" and d["network_input"] == "192x64"
+
+        # ---- parameters: rejected with a reason, accepted ones take effect
+        res = probe.set_params(**{"scale__mode": "bogus"})
+        assert not res[0].successful and "must be one of" in res[0].reason
+        res = probe.set_params(**{"points__stride": 0})
+        assert not res[0].successful and "1..64" in res[0].reason
+        res = probe.set_params(checkpoint="/other.pt")
+        assert not res[0].successful and "read-only" in res[0].reason
+        res = probe.set_params(**{"scale__mode": "fixed", "scale__value": 2.5})
+        assert all(r.successful for r in res)
+        sec += 1
+        probe.send(rgb, sec, K)
+        scaled = C.image_msg_to_array(probe.wait_output(sec))
+        np.testing.assert_allclose(scaled, 2.5 * depth, rtol=1e-5)
+        probe.spin_until(lambda: probe.diag().get("scale.value") == "2.5", 10, "scale in diagnostics")
+        assert probe.diag()["scale.confidence"] == "1.000"
+        assert node.proc.poll() is None
+    finally:
+        rc = node.stop(signal.SIGTERM)
+    assert rc == 0, node.log()[-3000:]
+    assert "Traceback" not in node.log()
+
+
+@pytest.mark.ros
+def test_model_load_failure_keeps_node_up_with_error_diagnostics(tmp_path, probe, kitti_frames):
+    frames, K = kitti_frames
+    node = NodeProcess(tmp_path, tmp_path / "missing.pt")
+    try:
+        probe.spin_until(lambda: probe.got["diag"] and probe.diag()["_level"] == b"\x02", 60, "ERROR diagnostics")
+        d = probe.diag()
+        assert "model failed to load" in d["_message"] and "checkpoint not found" in d["_message"]
+        assert d["state"] == "unconfigured"
+        probe.send(frames[0][:96, :320].copy(), 5, K)
+        n_diag = len(probe.got["diag"])
+        probe.spin_until(lambda: len(probe.got["diag"]) >= n_diag + 3, 20, "diagnostics to keep coming")
+        assert not probe.got["depth"] and node.proc.poll() is None
+        assert node.log().count("checkpoint not found") == 2  # the load error, and the 'not serving' line
+    finally:
+        rc = node.stop(signal.SIGINT)
+    assert rc == 0 and "Traceback" not in node.log()
+
+
+@pytest.mark.ros
+def test_overload_drops_old_frames_and_serves_the_latest(tmp_path, checkpoint, kitti_frames, probe):
+    """30 Hz input, inference at 640x192 (slower than 33 ms): frames are dropped, the last one is served."""
+    frames, K = kitti_frames
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "input_height:=192", "-p", "input_width:=640"]
+                       + _reliable_overrides("depth"))
+    try:
+        _wait_serving(probe, node)
+        small = [np.ascontiguousarray(f[100:292, 300:940]) for f in frames]  # 640x192 crops
+        probe.send(small[0], 1000)
+        probe.wait_output(1000)  # warm-up
+        n = 45
+        t0 = time.monotonic()
+        for i in range(n):
+            probe.send(small[i % len(small)], 2000 + i)
+            probe.spin_until(lambda: time.monotonic() - t0 >= (i + 1) / 30.0, 1.0)
+        probe.wait_output(2000 + n - 1, timeout=60)
+        def settled():
+            d = probe.diag()
+            done = sum(int(d[k]) for k in ("frames_processed", "frames_dropped", "frames_skipped_no_subscribers",
+                                           "failed_frames", "bad_images"))
+            return int(d["frames_received"]) == n + 1 and done == n + 1
+
+        probe.spin_until(settled, 10, "diagnostics to account for every frame")
+        stamps = [m.header.stamp.sec for m in probe.got["depth"] if m.header.stamp.sec >= 2000]
+        d = probe.diag()
+    finally:
+        rc = node.stop(signal.SIGINT)
+    assert rc == 0
+    received, processed, dropped = int(d["frames_received"]), int(d["frames_processed"]), int(d["frames_dropped"])
+    assert received == n + 1, d
+    other = int(d["frames_skipped_no_subscribers"]) + int(d["failed_frames"]) + int(d["bad_images"])
+    assert dropped > 0 and processed + dropped + other == received, d
+    assert len(stamps) == processed - 1 < n, (stamps, d)
+    assert stamps == sorted(stamps) and stamps[-1] == 2000 + n - 1  # latest frame wins, never a stale one
+    assert max(np.diff(stamps)) > 1  # frames in between were skipped
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_odometry_scale_matches_pose_network_and_holds_at_standstill(tmp_path, checkpoint, kitti_frames, probe):
+    """scale = |v| dt / |t_hat| with t_hat from the same pose network, rolling median; held when still."""
+    from nav_msgs.msg import Odometry
+
+    from semdepth_core.infer import ScaleEstimator, load_predictor
+
+    frames, K = kitti_frames
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "scale.mode:=odometry", "-p", "scale.outlier_ratio:=100.0"]
+                       + _reliable_overrides("depth"))
+    pred = load_predictor(checkpoint, backend="torch")
+    est = ScaleEstimator(window=30, min_speed=1.0, outlier_ratio=100.0)
+    try:
+        _wait_serving(probe, node)
+        speed, dt_ns = 12.0, 100_000_000
+        expected = None
+        for k in range(len(frames)):
+            t = 50 * 1_000_000_000 + k * dt_ns
+            od = Odometry()
+            od.header = probe.header(0)
+            od.header.stamp.sec, od.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            od.twist.twist.linear.x = speed
+            probe.pub_odom.publish(od)
+            probe.ex.spin_once(timeout_sec=0.2)
+            hdr = probe.header(0)
+            hdr.stamp.sec, hdr.stamp.nanosec = divmod(t, 1_000_000_000)
+            probe.pub_info.publish(C.make_camera_info(hdr, K, frames[k].shape[1], frames[k].shape[0]))
+            probe.pub_img.publish(C.rgb_to_image_msg(frames[k], hdr))
+            probe.spin_until(lambda: any(rp_stamp(m) == t for m in probe.got["depth"]), 40, f"depth {k}")
+            if k > 0:
+                T = pred.relative_pose(frames[k - 1], frames[k])
+                expected = est.update(T[:3, 3], speed, dt_ns * 1e-9)
+        last = [m for m in probe.got["depth"] if rp_stamp(m) == t][-1]
+        probe.spin_until(lambda: probe.diag().get("scale.samples") == str(len(frames) - 1), 10, "scale samples")
+        d = probe.diag()
+        assert float(d["scale.value"]) == pytest.approx(expected, rel=1e-3)
+        assert d["scale.known"] == "True" and d["scale.holding"] == "False"
+        raw = pred.predict(frames[-1]).depth
+        np.testing.assert_allclose(C.image_msg_to_array(last), raw * expected, rtol=2e-3)
+        # standstill: speed 0 -> the estimate is held
+        t += dt_ns
+        od.header.stamp.sec, od.header.stamp.nanosec = divmod(t, 1_000_000_000)
+        od.twist.twist.linear.x = 0.0
+        probe.pub_odom.publish(od)
+        probe.ex.spin_once(timeout_sec=0.2)
+        hdr.stamp.sec, hdr.stamp.nanosec = divmod(t, 1_000_000_000)
+        probe.pub_img.publish(C.rgb_to_image_msg(frames[0], hdr))
+        probe.spin_until(lambda: any(rp_stamp(m) == t for m in probe.got["depth"]), 40, "standstill depth")
+        probe.spin_until(lambda: probe.diag().get("scale.holding") == "True", 10, "holding")
+        assert float(probe.diag()["scale.value"]) == pytest.approx(expected, rel=1e-3)
+    finally:
+        rc = node.stop(signal.SIGINT)
+    assert rc == 0
+
+
+def rp_stamp(m) -> int:
+    return m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_replay_evaluate_scores_node_output_on_real_kitti(tmp_path, checkpoint, kitti_drive_dir):
+    """kitti_to_bag -> semdepth_replay --evaluate <-> depth_node: every frame scored against the Velodyne."""
+    import json
+
+    from semdepth_ros import kitti_to_bag as k2b
+
+    bag = tmp_path / "bag"
+    k2b.convert(kitti_drive_dir, bag, storage="mcap", log=lambda m: None)
+    node_args = [sys.executable, "-m", "semdepth_ros.node", "--ros-args", "--params-file", str(REPO / "config/depth.yaml"),
+                 "-p", f"checkpoint:={checkpoint}", "-p", "backend:=torch", "-p", "num_threads:=1",
+                 "-r", f"image:={k2b.TOPIC_IMAGE}", "-r", f"camera_info:={k2b.TOPIC_CAMERA_INFO}",
+                 "-r", f"odom:={k2b.TOPIC_ODOM}",
+                 "-p", f"qos_overrides.{k2b.TOPIC_IMAGE}.subscription.reliability:=reliable",
+                 "-p", "qos_overrides./depth.publisher.reliability:=reliable"]
+    env = _env(tmp_path)
+    env["ROS_DOMAIN_ID"] = str((DOMAIN % 200) + 1)
+    log = open(tmp_path / "node.log", "w")
+    nodep = subprocess.Popen(node_args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        out = tmp_path / "eval.json"
+        r = subprocess.run([sys.executable, "-m", "semdepth_ros.replay", str(bag), "--rate", "0.5", "--evaluate",
+                            "--depth-reliable", "--wait-for", k2b.TOPIC_IMAGE, "--eval-wait", "20",
+                            "--eval-out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = json.loads(out.read_text())
+        assert s["frames"] >= 7 and s["unmatched"] == 0, s  # the one-slot mailbox may drop one
+        assert 0 < s["median_scaled"]["abs_rel"] < 1.0 and 0 <= s["median_scaled"]["a1"] <= 1
+        assert "eval summary:" in r.stdout and all(f["gt_pixels"] > 10_000 for f in s["per_frame"])
+    finally:
+        nodep.send_signal(signal.SIGINT)
+        nodep.wait(timeout=20)
+        log.close()
