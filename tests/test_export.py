@@ -235,3 +235,30 @@ def test_tensorrt_cli_reports_missing_tensorrt(decomposed, capsys):
     rc = export_main(["tensorrt", "--build-only", "--onnx", str(decomposed), "--fp16"])
     assert rc == 1
     assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_engine_cache_key_covers_every_dependency():
+    from semdepth_core.export.tensorrt import engine_cache_key
+
+    base = dict(onnx_bytes=b"graph", trt_version="10.9.0", capability="sm_90", precision="fp16",
+                input_shapes={"rgb": (1, 3, 192, 640)})
+    k = engine_cache_key(**base)
+    assert len(k) == 64 and k == engine_cache_key(**base)
+    for change in ({"onnx_bytes": b"graph2"}, {"trt_version": "10.10.0"}, {"capability": "sm_80"},
+                   {"precision": "fp32"}, {"input_shapes": {"rgb": (1, 3, 384, 1248)}}):
+        assert engine_cache_key(**{**base, **change}) != k, change
+
+
+def test_custom_graph_annotated_for_the_tensorrt_parser(custom):
+    from semdepth_core.export.tensorrt import annotate_for_tensorrt, onnx_input_shapes
+
+    model = onnx.load(str(custom))
+    n = annotate_for_tensorrt(model)
+    assert n == sum(node.domain == CUSTOM_DOMAIN for node in model.graph.node) > 0
+    for node in model.graph.node:
+        if node.domain == CUSTOM_DOMAIN:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["plugin_namespace"] == b"semdepth" and attrs["plugin_version"] == b"1"
+    assert annotate_for_tensorrt(model) == n  # idempotent: no duplicate attributes
+    assert all(len(node.attribute) == 7 for node in model.graph.node if node.domain == CUSTOM_DOMAIN)
+    assert onnx_input_shapes(model) == {"rgb": (1, 3, CH, CW)}

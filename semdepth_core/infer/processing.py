@@ -41,7 +41,7 @@ def check_network_size(height: int, width: int) -> tuple[int, int]:
 
 def preprocess(rgb: np.ndarray, net_size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 RGB -> contiguous float32 [1,3,h,w] in [0,1], resized to net_size=(w, h)."""
-    rgb = check_rgb(rgb)
+    rgb = np.ascontiguousarray(check_rgb(rgb))  # views (flips, crops, ROS buffers) are fine
     w, h = net_size
     if rgb.shape[1] != w or rgb.shape[0] != h:
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
