@@ -64,13 +64,20 @@ class OnnxRuntimeRunner:
     name = "onnxruntime"
 
     def __init__(self, depth_path: str | Path, pose_path: str | Path | None = None, device: str = "cpu",
-                 threads: int = 0):
+                 threads: int | None = None):
+        """threads: intra-op threads; None follows torch.get_num_threads() (whose default is the
+        physical core count, ORT's own default too), so a caller's torch.set_num_threads() applies
+        to both CPU backends alike."""
         import onnxruntime as ort
 
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        if threads and threads > 0:
+            opts.intra_op_num_threads = int(threads)
         providers = _providers(device)
         self.depth_path = Path(depth_path)
         self.session = ort.InferenceSession(str(depth_path), sess_options=opts, providers=providers)
