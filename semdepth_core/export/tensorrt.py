@@ -167,8 +167,6 @@ def build_engine(onnx_path: str | Path, precision: str = "fp32", cache_dir: str 
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and calib_dir is None:
-        raise ValueError("int8 needs calib_dir (a directory of calibration images)")
     trt = _trt()
     onnx_path = Path(onnx_path)
     onnx_bytes = onnx_path.read_bytes()
@@ -181,6 +179,9 @@ def build_engine(onnx_path: str | Path, precision: str = "fp32", cache_dir: str 
     if engine_path.is_file() and not force:
         log.info("TensorRT engine cache hit: %s", engine_path)
         return engine_path
+    if precision == "int8" and calib_dir is None:
+        raise ValueError(f"no cached int8 engine for {onnx_path}; building one needs calib_dir "
+                         "(a directory of calibration images)")
 
     n_pac = annotate_for_tensorrt(model)
     if n_pac:

@@ -234,14 +234,19 @@ def resolve_backend(backend: str, device: str) -> str:
 
 def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = "cpu",
                    height: int | None = None, width: int | None = None,
-                   onnx_path: str | Path | None = None, engine_cache_dir: str | Path | None = None) -> Predictor:
+                   onnx_path: str | Path | None = None, engine_cache_dir: str | Path | None = None,
+                   precision: str = "fp32") -> Predictor:
     """Build a Predictor for `checkpoint` on `backend`.
 
     height/width: network input size (default: the checkpoint config's data.height/width; must be
     multiples of 32). onnx_path: for onnxruntime/tensorrt, an exported depth graph to use (its pose
     graph is expected beside it as `<stem>.pose.onnx`); when None the graphs are exported into a
     cache (engine_cache_dir, or $SEMDEPTH_CACHE, or ~/.cache/semdepth) keyed by the checkpoint hash.
-    engine_cache_dir: also where TensorRT engines are cached.
+    engine_cache_dir: also where TensorRT engines are cached (engines prebuilt with
+    `python -m semdepth_core.export tensorrt --build-only --onnx G --cache-dir D` are reused when
+    called with onnx_path=G, engine_cache_dir=D and the same precision).
+    precision: TensorRT engine precision, "fp32" | "fp16" | "int8" (int8 needs a calibrated,
+    prebuilt engine in the cache); ignored by the other backends.
 
     "tensorrt" falls back to "onnxruntime" with a WARNING when TensorRT is unusable or the
     engine build fails. Raises CheckpointError for a bad checkpoint.
@@ -262,7 +267,7 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
         if ok:
             try:
                 runner = TensorRTRunner.create(models, (w, h), device=device if str(device).startswith("cuda") else "cuda",
-                                               onnx_path=onnx_path, cache_dir=engine_cache_dir)
+                                               onnx_path=onnx_path, cache_dir=engine_cache_dir, precision=precision)
                 return Predictor(runner, cfg, (w, h), models.checkpoint_path)
             except Exception as exc:  # build/plugin/runtime failure: degrade, loudly
                 reason = f"TensorRT engine build/load failed ({type(exc).__name__}: {exc})"

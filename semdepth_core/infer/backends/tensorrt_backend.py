@@ -109,7 +109,7 @@ class TensorRTRunner:
                 pac = "decomposed"
             path = cached_onnx_paths(models, net_size, cache_dir, pac)
         check_graph_matches(path, models, net_size, need_decomposed=False)
-        engine_dir = Path(cache_dir) / "tensorrt" if cache_dir else None
+        engine_dir = Path(cache_dir) if cache_dir else None  # same layout as the export CLI's --cache-dir
         depth = EngineRunner(load_engine(build_engine(path, precision, engine_dir)), device)
         pose = None
         ppath = pose_graph_path(path)
