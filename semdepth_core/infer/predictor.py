@@ -42,11 +42,10 @@ class Runner(Protocol):
     name: str
     has_semantics: bool
     has_pose: bool
+    num_context: int  # context frames the pose network takes (0 without one)
 
     def run_depth(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """-> (inverse depth [h,w] float32, argmax class indices [h,w] (any int dtype) | None)."""
-
-    num_context: int  # context frames the pose network takes
 
     def run_pose(self, tgt: np.ndarray, ctxs: list[np.ndarray]) -> np.ndarray:
         """-> pose vectors (tx,ty,tz,rx,ry,rz) of T_ctx_tgt, one per context frame, shape [N,6]."""
