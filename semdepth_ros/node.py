@@ -30,7 +30,8 @@ skipped while nothing subscribes to any output.
 
 Metric scale (`scale.mode`): `none` (model units), `model` (trust a velocity-supervised,
 metric checkpoint), `fixed` (multiply by `scale.value`), `odometry` (pose network between
-consecutive processed frames: scale = |v| dt / |t_hat| with |v| from nav_msgs/Odometry twist,
+consecutive processed frames: scale = |v| dt / |t_hat| with |v| from nav_msgs/Odometry twist
+(mean of the samples nearest to both frame stamps),
 robust rolling median with outlier rejection, held while |v| < `scale.min_speed`; until the
 first estimate depth is published in model units and diagnostics say so).
 
@@ -575,7 +576,10 @@ def _make_node_class():
                     if 0 < dt <= self.p("scale.max_frame_gap"):
                         with self._lock:
                             samples = list(self._odom)
-                        speed = nearest_speed(samples, (t_ns + prev[1]) // 2, self.p("scale.odom_timeout") + dt / 2)
+                        tol = self.p("scale.odom_timeout")
+                        v0, v1 = nearest_speed(samples, prev[1], tol), nearest_speed(samples, t_ns, tol)
+                        # distance over the pair ~ mean of the speeds at both ends times dt
+                        speed = None if v0 is None or v1 is None else 0.5 * (v0 + v1)
                         if speed is None:
                             est.holding = True
                             self.warn_log("odom_missing", f"no odometry on {self.resolve_topic_name('odom')} within "

@@ -269,6 +269,18 @@ class Probe:
         self.node.destroy_client(cli)
         return fut.result().results
 
+    def change_state(self, transition_id: int) -> bool:
+        from lifecycle_msgs.srv import ChangeState
+
+        cli = self.node.create_client(ChangeState, f"{NS}/depth_node/change_state")
+        self.spin_until(cli.service_is_ready, 20, "change_state service")
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        fut = cli.call_async(req)
+        self.spin_until(fut.done, 20, "change_state response")
+        self.node.destroy_client(cli)
+        return fut.result().success
+
     def close(self):
         self.node.destroy_node()
         rclpy.shutdown(context=self.ctx)
@@ -407,6 +419,30 @@ def test_node_outputs_bad_inputs_parameters_and_sigterm(tmp_path, checkpoint, ki
         np.testing.assert_allclose(scaled, 2.5 * depth, rtol=1e-5)
         probe.spin_until(lambda: probe.diag().get("scale.value") == "2.5", 10, "scale in diagnostics")
         assert probe.diag()["scale.confidence"] == "1.000"
+
+        # ---- lifecycle: deactivate -> nothing is served; activate -> served again
+        from lifecycle_msgs.msg import Transition
+
+        assert probe.change_state(Transition.TRANSITION_DEACTIVATE)
+        probe.spin_until(lambda: probe.diag()["state"] == "inactive", 10, "inactive")
+        sec += 1
+        probe.send(rgb, sec, K)
+        with pytest.raises(AssertionError, match="timed out"):
+            probe.wait_output(sec, timeout=2.0)
+        assert probe.change_state(Transition.TRANSITION_ACTIVATE)
+        sec += 1
+        probe.send(rgb, sec, K)
+        probe.wait_output(sec)
+
+        # ---- nobody listening -> no inference
+        for sub in list(probe.node.subscriptions):
+            if sub.topic_name.startswith(NS):
+                probe.node.destroy_subscription(sub)
+        probe.spin_until(lambda: probe.node.count_subscribers(f"{NS}/depth") == 0, 10, "unsubscribed")
+        before = int(probe.diag()["frames_skipped_no_subscribers"])
+        probe.send(rgb, sec + 1, K)
+        probe.spin_until(lambda: int(probe.diag()["frames_skipped_no_subscribers"]) == before + 1, 10,
+                         "a frame skipped for lack of subscribers")
         assert node.proc.poll() is None
     finally:
         rc = node.stop(signal.SIGTERM)
@@ -511,15 +547,18 @@ def test_odometry_scale_matches_pose_network_and_holds_at_standstill(tmp_path, c
         assert d["scale.known"] == "True" and d["scale.holding"] == "False"
         raw = pred.predict(frames[-1]).depth
         np.testing.assert_allclose(C.image_msg_to_array(last), raw * expected, rtol=2e-3)
-        # standstill: speed 0 -> the estimate is held
-        t += dt_ns
-        od.header.stamp.sec, od.header.stamp.nanosec = divmod(t, 1_000_000_000)
-        od.twist.twist.linear.x = 0.0
-        probe.pub_odom.publish(od)
-        probe.ex.spin_once(timeout_sec=0.2)
-        hdr.stamp.sec, hdr.stamp.nanosec = divmod(t, 1_000_000_000)
-        probe.pub_img.publish(C.rgb_to_image_msg(frames[0], hdr))
-        probe.spin_until(lambda: any(rp_stamp(m) == t for m in probe.got["depth"]), 40, "standstill depth")
+        # slowing down, then standstill (speed 0 at both ends of a frame pair) -> the estimate is held
+        T = pred.relative_pose(frames[-1], frames[0])
+        expected = est.update(T[:3, 3], 0.5 * (speed + 0.0), dt_ns * 1e-9)  # first pair: 12 m/s -> 0 m/s
+        for _ in range(2):
+            t += dt_ns
+            od.header.stamp.sec, od.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            od.twist.twist.linear.x = 0.0
+            probe.pub_odom.publish(od)
+            probe.ex.spin_once(timeout_sec=0.2)
+            hdr.stamp.sec, hdr.stamp.nanosec = divmod(t, 1_000_000_000)
+            probe.pub_img.publish(C.rgb_to_image_msg(frames[0], hdr))
+            probe.spin_until(lambda: any(rp_stamp(m) == t for m in probe.got["depth"]), 40, "standstill depth")
         probe.spin_until(lambda: probe.diag().get("scale.holding") == "True", 10, "holding")
         assert float(probe.diag()["scale.value"]) == pytest.approx(expected, rel=1e-3)
     finally:
