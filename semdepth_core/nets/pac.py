@@ -132,7 +132,7 @@ def _pair_kernel(gf, fl: "_Flat", s: int, coef):
     """Eq. 5 for a mirrored tap pair: diff [B,D,L+s], E [B,1,L+s] and K = exp(coef*E) [B,S,L+s]."""
     start = fl.centre - s
     diff = gf[:, :, start:start + fl.L + s] - gf[:, :, fl.centre:fl.centre + fl.L + s]  # f_r - f_{r+s}
-    E = torch.linalg.vector_norm(diff, dim=1, keepdim=True).square()  # ||f_r - f_{r+s}||^2
+    E = diff.square().sum(dim=1, keepdim=True)  # ||f_r - f_{r+s}||^2 (faster than vector_norm on CPU)
     return diff, E, torch.exp(E * coef)
 
 
@@ -194,16 +194,23 @@ def _pac_flat_backward(grad_out, x, guide, weight, log_sigma, padding, dilation,
         x_o = fl.window(xf, toff)  # [B,Cin,L]
         gK = (x.new_empty(B, K.shape[1], L) if need_k else None) if K is not None else None
         for i in range(B):
-            gy = go[i] if K is None else go[i] * K[i]  # dL/dy_o = g K (per pixel, or per pixel and filter)
-            if need_x:  # W_o^T (g K): with a shared K this equals K (W_o^T g)
+            if K is not None and not per_filter:
+                # shared K: one GEMM h = W_o^T g serves dL/dx_o = K h and dL/dK = sum_cin h x_o
+                h = wkt[ta, tb] @ go[i]  # [Cin,L]
+                if need_x:
+                    fl.window(gxf, toff)[i].addcmul_(h, K[i])
+                if need_w:
+                    gwk[ta, tb].addmm_(go[i], (x_o[i] * K[i]).t())
+                if gK is not None:
+                    gK[i] = h.mul_(x_o[i]).sum(dim=0, keepdim=True)
+                continue
+            gy = go[i] if K is None else go[i] * K[i]  # dL/dy_o = g K (centre tap: K = 1)
+            if need_x:
                 fl.window(gxf, toff)[i].addmm_(wkt[ta, tb], gy)
             if need_w:
                 gwk[ta, tb].addmm_(gy, x_o[i].t())
-            if gK is not None:
-                if per_filter:
-                    torch.mul(go[i], wk[ta, tb] @ x_o[i], out=gK[i])  # g * (W_o x_o)
-                else:
-                    gK[i] = (wkt[ta, tb] @ go[i]).mul_(x_o[i]).sum(dim=0, keepdim=True)  # sum_cin (W^T g) x
+            if gK is not None:  # per-filter K: dL/dK = g * (W_o x_o), one more GEMM
+                torch.mul(go[i], wk[ta, tb] @ x_o[i], out=gK[i])
         return gK
 
     tap_grads(c, c, fl.centre, None)  # centre tap: K = 1, no kernel gradient
@@ -426,7 +433,8 @@ def pac_conv2d_reference(x, guide, weight, bias, sigma, stride=1, padding=1, dil
     dist = ((gu - centre) ** 2).sum(dim=1)  # [B,k2,L]
     s2 = (sigma.reshape(-1) ** 2).reshape(1, -1, 1, 1)  # [1,S,1,1]
     kern = torch.exp(-0.5 * dist[:, None] / s2).expand(B, Cout, k * k, Ho * Wo)  # [B,Cout,k2,L]
-    out = torch.einsum("oik,bokl,bikl->bol", weight.reshape(Cout, Cin, k * k), kern, xu)
+    t = torch.einsum("oik,bikl->bokl", weight.reshape(Cout, Cin, k * k), xu)  # W[p_i - p_j] v_j [B,Cout,k2,L]
+    out = (kern * t).sum(dim=2)  # [B,Cout,L]
     if bias is not None:
         out = out + bias.reshape(1, -1, 1)
     return out.reshape(B, Cout, Ho, Wo)

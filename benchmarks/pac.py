@@ -1,0 +1,155 @@
+"""PacConv2d vs nn.Conv2d: forward+backward time and peak memory at depth-decoder resolutions.
+
+    python benchmarks/pac.py [--quick] [--batch N] [--reps N]
+
+Shapes are the 3x3 decoder convolutions of a 640x192 input (channels @ W x H), guide D = 32
+(GuidanceBranch default), sigma per layer (the default) plus one per-filter row. Also the naive
+unfold implementation (`pac_conv2d_reference`) for context.
+
+Time: median of `reps` forward+backward passes, the implementations interleaved rep by rep so
+that load from other processes on a shared machine hits them alike (the 1-min load average is
+recorded). Memory (CPU, no CUDA allocator statistics here): one forward+backward under
+torch.profiler(profile_memory=True); the profiler's memory timeline (`prof._memory_profile()`,
+the data behind `export_memory_timeline`) lists every allocation and free, from which the live
+bytes are replayed in order. `peak_mb` = highest live total, `extra_mb` = peak minus the tensors
+alive before the pass (input, guide, parameters); gradients are cleared first, so they count.
+`saved_mb` = bytes kept for backward (saved_tensors_hooks, storages deduplicated).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from common import print_table, write_result  # noqa: I001 (benchmarks/ is on sys.path when run)
+
+import torch
+from torch import nn
+
+from semdepth_core.nets.pac import PacConv2d, pac_conv2d_reference
+
+GUIDE_DIM = 32
+FULL = [(128, 160, 48, "layer"), (64, 320, 96, "layer"), (32, 640, 192, "layer"), (16, 640, 192, "layer"),
+        (64, 320, 96, "filter")]
+QUICK = [(64, 160, 48, "layer"), (32, 320, 96, "layer"), (32, 320, 96, "filter")]
+
+
+def _make(kind, c, x, g, mode):
+    """Return (params, step) where step() runs one forward+backward of implementation `kind`."""
+    torch.manual_seed(0)
+    if kind == "conv":
+        conv = nn.Conv2d(c, c, 3, padding=1)
+        return list(conv.parameters()) + [x], lambda: conv(x).square().mean().backward()
+    pac = PacConv2d(c, c, 3, padding=1, sigma_mode=mode, init_sigma=GUIDE_DIM ** 0.5)
+    params = list(pac.parameters()) + [x, g]
+    if kind == "pac":
+        return params, lambda: pac(x, g).square().mean().backward()
+    return params, lambda: pac_conv2d_reference(x, g, pac.weight, pac.bias, pac.sigma, 1, 1, 1).square().mean().backward()
+
+
+def _clear(params):
+    for p in params:
+        p.grad = None
+
+
+def _peak_memory(params, step):
+    """(peak_mb, extra_mb) of one forward+backward from the profiler's allocation timeline."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    _clear(params)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    live = peak = pre = 0
+    for _t, action, _key, size in prof._memory_profile().timeline:
+        if action == Action.PREEXISTING:
+            pre += size
+            live += size
+        elif action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak / 2**20, (peak - pre) / 2**20
+
+
+def _saved_memory(params, step):
+    """MB of tensors saved for backward (unique storages)."""
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    _clear(params)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values()) / 2**20
+
+
+def run(configs, batch, reps, naive):
+    rows = []
+    for c, w, h, mode in configs:
+        torch.manual_seed(0)
+        x = torch.randn(batch, c, h, w, requires_grad=True)
+        g = torch.randn(batch, GUIDE_DIM, h, w, requires_grad=True)
+        kinds = ["conv", "pac"] + (["naive"] if naive else [])
+        impl = {k: _make(k, c, x, g, mode) for k in kinds}
+        times = {k: [] for k in kinds}
+        for k in kinds:  # warm-up
+            impl[k][1]()
+        for r in range(reps):
+            for k in kinds:
+                if k == "naive" and r >= max(1, reps // 3):
+                    continue  # context only: fewer reps
+                _clear(impl[k][0])
+                t0 = time.perf_counter()
+                impl[k][1]()
+                times[k].append(time.perf_counter() - t0)
+        mem = {k: _peak_memory(*impl[k]) for k in kinds}
+        saved = {k: _saved_memory(*impl[k]) for k in kinds}
+        ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        row = {
+            "shape": f"{c}ch@{w}x{h}", "B": batch, "sigma": mode,
+            "conv_ms": ms["conv"], "pac_ms": ms["pac"], "time_ratio": ms["pac"] / ms["conv"],
+            "conv_peak_mb": mem["conv"][0], "pac_peak_mb": mem["pac"][0], "mem_ratio": mem["pac"][0] / mem["conv"][0],
+            "conv_extra_mb": mem["conv"][1], "pac_extra_mb": mem["pac"][1],
+            "conv_saved_mb": saved["conv"], "pac_saved_mb": saved["pac"],
+        }
+        if naive:
+            row.update(naive_ms=ms["naive"], naive_peak_mb=mem["naive"][0], naive_saved_mb=saved["naive"])
+        rows.append(row)
+        print(f"  {row['shape']} {mode}: conv {ms['conv']:.1f} ms, pac {ms['pac']:.1f} ms", flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, few reps")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--no-naive", action="store_true", help="skip the unfold reference")
+    args = ap.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 9)
+    load0 = os.getloadavg()[0]
+    rows = run(QUICK if args.quick else FULL, args.batch, reps, naive=not args.no_naive)
+    load1 = os.getloadavg()[0]
+    cols = ["shape", "B", "sigma", "conv_ms", "pac_ms", "time_ratio", "conv_peak_mb", "pac_peak_mb", "mem_ratio",
+            "conv_extra_mb", "pac_extra_mb", "conv_saved_mb", "pac_saved_mb"]
+    if not args.no_naive:
+        cols += ["naive_ms", "naive_peak_mb", "naive_saved_mb"]
+    print_table(rows, cols)
+    targets = {"time_ratio<=1.5": all(r["time_ratio"] <= 1.5 for r in rows),
+               "mem_ratio<=2": all(r["mem_ratio"] <= 2.0 for r in rows)}
+    print(f"targets: {targets}  (load average {load0:.1f} -> {load1:.1f})")
+    path = write_result("pac", {"rows": rows, "reps": reps, "guide_dim": GUIDE_DIM, "targets_met": targets,
+                                "loadavg_1min": [load0, load1],
+                                "memory_method": "torch.profiler memory timeline replay (CPU allocations)"},
+                        quick=args.quick)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
