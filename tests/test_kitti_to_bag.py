@@ -348,3 +348,24 @@ def test_static_tf_tree_and_evaluator_on_real_scans(mcap_bag):
     s = ev.summary()
     assert s["frames"] == 2 and s["unscaled"]["abs_rel"] == pytest.approx(0.25, abs=1e-5)
     assert "2 frames" in rp.summary_line(s)
+
+
+def test_replay_loop_topics_filter_and_clean_sigint(mcap_bag):
+    import signal
+
+    env = _domain_env()
+    r = subprocess.run([sys.executable, "-m", "semdepth_ros.replay", str(mcap_bag), "--topics", "/nope"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "topic(s) ['/nope'] not in the bag" in r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "semdepth_ros.replay", str(mcap_bag), "--loop", "--rate", "8",
+                          "--start-delay", "0", "--linger", "0", "--topics", k2b.TOPIC_CAMERA_INFO, k2b.TOPIC_ODOM],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4.0)  # startup + a few 0.09 s passes
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=30)[0]
+    assert p.returncode == 0, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("replay: published"))
+    passes = int(line.split(" in ")[1].split()[0])
+    published = int(line.split()[2])
+    assert passes >= 3 and published >= 16 * (passes - 1), line  # 8 camera_info + 8 odom per full pass
+    assert "from 2 topics" in line and "Traceback" not in out
