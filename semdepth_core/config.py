@@ -266,6 +266,9 @@ def _validate_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}: {msg}")
     if cfg.model.guidance and not cfg.model.semantic.enabled:
         raise ConfigError("model.guidance: requires model.semantic.enabled: true")
+    if cfg.loss.segdepth_weight > 0 and not cfg.model.semantic.enabled:
+        raise ConfigError("loss.segdepth_weight: SegDepth takes its fg/bg targets from the frozen semantic net; "
+                          "set model.semantic.enabled: true")
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:

@@ -182,3 +182,19 @@ def test_unwritable_directory_fails_clearly(tmp_path):
     finally:
         ro.chmod(0o700)
     time.sleep(0)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.train.name == path.stem
+    if cfg.model.guidance or cfg.loss.segdepth_weight > 0:
+        assert cfg.model.semantic.enabled and cfg.model.semantic.weights
+
+
+def test_issue_configs_are_shipped():
+    names = {p.stem for p in (REPO / "training" / "configs").glob("*.yaml")}
+    for n in ["kitti_resnet18", "kitti_packnet", "synthetic_resnet18", "synthetic_mobilenetv2",
+              "kitti_packnet_sg", "kitti_resnet18_sg", "synthetic_resnet18_sg", "synthetic_mobilenetv2_sg",
+              "synthetic_segdepth_resnet18", "kitti_segdepth_resnet18", "synthetic_resnet18_velocity"]:
+        assert n in names, n

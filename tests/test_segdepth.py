@@ -94,3 +94,52 @@ def test_unet_head_trains_and_feeds_gradient_to_depth():
     changed = sum(not torch.equal(a, b) for a, b in zip(before, unet.parameters()))
     assert changed == len(before)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_segdepth_trains_inside_the_trainer_and_is_not_exported(synthetic_root, tmp_path):
+    """loss.segdepth_weight > 0: the U-Net gets its own Adam group, learns, is checkpointed and resumed."""
+    import json
+
+    import yaml
+
+    from semdepth_core.checkpoint import load_checkpoint
+    from semdepth_core.config import ConfigError, load_config
+    from semdepth_core.infer.loading import load_models
+    from training.train import main
+
+    with pytest.raises(ConfigError, match="loss.segdepth_weight"):
+        load_config(None, ["loss.segdepth_weight=5e-4"])
+    cfg = {
+        "data": {"kind": "kitti", "root": str(synthetic_root), "height": 64, "width": 192, "batch_size": 2},
+        "model": {"depth_net": "mobilenetv2", "semantic": {"enabled": True, "arch": "espnet"}},
+        "loss": {"segdepth_weight": 5e-4},
+        "train": {"name": "seg", "out_dir": str(tmp_path / "runs"), "epochs": 1, "steps_per_epoch": 3,
+                  "tensorboard": False, "seed": 1},
+    }
+    path = tmp_path / "seg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["--config", str(path)]) == 0
+        run = tmp_path / "runs" / "seg"
+        ckpt = load_checkpoint(run / "last.ckpt")
+        rows = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines() if r.strip()]
+        seg_losses = [r["segdepth"] for r in rows if "segdepth" in r]
+        assert len(seg_losses) == 3 and all(np.isfinite(seg_losses))
+        head = {k: v.clone() for k, v in ckpt["seg_head"].items()}
+        assert set(head) == set(UNet(in_ch=1, num_classes=2).state_dict())
+        assert "segdepth" in [g.get("name") for g in ckpt["optimizer"]["param_groups"]]
+        # resuming restores the head, and three more steps move every one of its weights
+        assert main(["--config", str(path), "--set", "train.epochs=2", "--resume", "auto"]) == 0
+        after = load_checkpoint(run / "last.ckpt")["seg_head"]
+        weights = [k for k in head if k.endswith(".weight")]
+        assert weights and all(not torch.equal(head[k], after[k]) for k in weights)
+        # the deployable model never contains the head
+        models = load_models(run / "last.ckpt")
+        names = [n for n, _ in models.depth_model.named_modules()]
+        assert not any("seg_head" in n or isinstance(m, UNet) for n, m in models.depth_model.named_modules())
+        assert names
+    finally:
+        torch.set_num_threads(threads)

@@ -43,6 +43,8 @@ from semdepth_core.config import (
     save_config,
 )
 from semdepth_core.data.dataset import collate
+from semdepth_core.data.labels import IGNORE, NUM_CLASSES
+from semdepth_core.losses.segdepth import segdepth_loss
 from semdepth_core.losses.sfm import SfmLoss
 from semdepth_core.paths import REPO_ROOT
 
@@ -288,18 +290,24 @@ class Trainer:
         self.depth_model.to(device)
         self.pose_net.to(device)
         self.loss_fn = SfmLoss(cfg.loss)
+        # SegDepth variant: a training-only U-Net on the full-resolution disparity (never exported)
+        self.seg_head = None
+        if cfg.loss.segdepth_weight > 0:
+            from semdepth_core.nets.unet import UNet
+
+            self.seg_head = UNet(in_ch=1, num_classes=2).to(device)
 
         depth_params = [p for p in self.depth_model.depth_parameters() if p.requires_grad]
         pose_params = [p for p in self.pose_net.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(
-            [{"params": depth_params, "lr": cfg.optim.depth_lr, "name": "depth"},
-             {"params": pose_params, "lr": cfg.optim.pose_lr, "name": "pose"}],
-            weight_decay=cfg.optim.weight_decay,
-        )
+        groups = [{"params": depth_params, "lr": cfg.optim.depth_lr, "name": "depth"},
+                  {"params": pose_params, "lr": cfg.optim.pose_lr, "name": "pose"}]
+        if self.seg_head is not None:
+            groups.append({"params": list(self.seg_head.parameters()), "lr": cfg.optim.depth_lr, "name": "segdepth"})
+        self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.optim.weight_decay)
         # §5.2: learning rates halved every step_epochs epochs
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.optim.step_epochs, cfg.optim.gamma)
 
-        self.depth_ddp, self.pose_ddp = self.depth_model, self.pose_net
+        self.depth_ddp, self.pose_ddp, self.seg_ddp = self.depth_model, self.pose_net, self.seg_head
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -307,6 +315,8 @@ class Trainer:
             unused = cfg.loss.num_scales < 4 or cfg.model.semantic.finetune
             self.depth_ddp = DDP(self.depth_model, device_ids=ids, find_unused_parameters=unused)
             self.pose_ddp = DDP(self.pose_net, device_ids=ids)
+            if self.seg_head is not None:
+                self.seg_ddp = DDP(self.seg_head, device_ids=ids)
 
         train_ds, val_ds = build_datasets(cfg, rank, world)
         self.train_items = SeededItems(train_ds, cfg.train.seed)
@@ -348,6 +358,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "depth_model": self.depth_model.state_dict(),
             "pose_net": self.pose_net.state_dict(),
+            "seg_head": self.seg_head.state_dict() if self.seg_head is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -362,6 +373,10 @@ class Trainer:
     def _load_state(self, ckpt: dict) -> None:
         load_state_dict_checked(self.depth_model, ckpt["depth_model"], "depth_model")
         load_state_dict_checked(self.pose_net, ckpt["pose_net"], "pose_net")
+        if self.seg_head is not None:
+            if ckpt.get("seg_head") is None:
+                raise CheckpointError("seg_head: the checkpoint has no SegDepth head but loss.segdepth_weight > 0")
+            load_state_dict_checked(self.seg_head, ckpt["seg_head"], "seg_head")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch = int(ckpt["epoch"])
@@ -420,6 +435,13 @@ class Trainer:
         outputs = self.depth_ddp(rgb_aug)
         pose_vecs = self.pose_ddp(rgb_aug, [ctx_aug[:, j] for j in range(ctx_aug.shape[1])])  # [B,N,6]
         losses = self.loss_fn(batch, outputs["inv_depths"], pose_vecs, batch["K"])
+        if self.seg_head is not None:  # SegDepth: L = L_p + lambda*L_s + alpha*L_b
+            labels = outputs["sem_logits"].argmax(1)  # frozen semantic net's trainIds [B,H,W]
+            labels[labels >= NUM_CLASSES] = IGNORE  # its extra "ignore" channel
+            seg = segdepth_loss(self.seg_ddp, outputs["inv_depths"][0], labels,
+                                self.cfg.loss.segdepth_w0, self.cfg.loss.segdepth_sigma)
+            losses["segdepth"] = seg
+            losses["total"] = losses["total"] + self.cfg.loss.segdepth_weight * seg
 
         finite = torch.isfinite(losses["total"]).to(torch.float32)
         if self.world > 1:  # every process must agree, or the gradient all-reduce would hang
