@@ -236,9 +236,9 @@ def summarise(col: Collected, drive_dir: Path, out_dir: Path, elapsed: float, sc
     stage_ms: dict[str, list[float]] = {}
     for d in col.diagnostics:
         for key, val in d.items():
-            if key.endswith("_ms"):
+            if key.startswith("time_ms."):
                 try:
-                    stage_ms.setdefault(key, []).append(float(val))
+                    stage_ms.setdefault(key[len("time_ms."):], []).append(float(val))
                 except ValueError:
                     pass
     arrivals = sorted(col.arrival[k] for k in keys)
