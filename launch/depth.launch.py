@@ -13,10 +13,9 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
-from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "semdepth_ros"
 EXECUTABLE = "depth_node"
@@ -32,30 +31,36 @@ def generate_launch_description():
                               description="input sensor_msgs/CameraInfo topic"),
         DeclareLaunchArgument("odom", default_value="odom",
                               description="input nav_msgs/Odometry topic (scale.mode odometry)"),
-        DeclareLaunchArgument("checkpoint", default_value="", description="semdepth checkpoint (.pt)"),
-        DeclareLaunchArgument("backend", default_value="auto", description="auto | torch | onnxruntime | tensorrt"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="semdepth checkpoint (.pt); empty = the params file's"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="auto | torch | onnxruntime | tensorrt; empty = the params file's"),
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="ROS parameters file (depth_node: ros__parameters: ...)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
     ]
+    return LaunchDescription(args + [OpaqueFunction(function=_depth_node)])
+
+
+def _depth_node(context):
+    # checkpoint / backend given on the command line override the params file; left empty they
+    # do not (a plain parameters dict would overwrite the file's values with the empty defaults)
+    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")}
+    for name in ("checkpoint", "backend"):
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
     node = LifecycleNode(
         package=PACKAGE,
         executable=EXECUTABLE,
         name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"),
         output="screen",
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "checkpoint": LaunchConfiguration("checkpoint"),
-                "backend": LaunchConfiguration("backend"),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-            },
-        ],
+        parameters=[LaunchConfiguration("params_file"), overrides],
         remappings=[
             ("image", LaunchConfiguration("image")),
             ("camera_info", LaunchConfiguration("camera_info")),
             ("odom", LaunchConfiguration("odom")),
         ],
     )
-    return LaunchDescription(args + [node])
+    return [node]

@@ -78,8 +78,10 @@ def test_launch_file_runs_the_same_executable_params_and_remaps():
     remaps = [(ast.literal_eval(e.elts[0]), ast.unparse(e.elts[1])) for e in kw["remappings"].elts]
     assert remaps == [("image", "LaunchConfiguration('image')"), ("camera_info", "LaunchConfiguration('camera_info')"),
                       ("odom", "LaunchConfiguration('odom')")]
-    params = ast.unparse(kw["parameters"])
-    assert "LaunchConfiguration('params_file')" in params and "'checkpoint'" in params and "'use_sim_time'" in params
+    assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), overrides]"
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_depth_node")
+    body = ast.unparse(fn)
+    assert "('checkpoint', 'backend')" in body and "'use_sim_time'" in body and "if value:" in body
     args = {ast.literal_eval(c.args[0]): c for c in calls if c.func.id == "DeclareLaunchArgument"}
     assert set(args) == {"namespace", "image", "camera_info", "odom", "checkpoint", "backend", "params_file",
                          "use_sim_time"}
