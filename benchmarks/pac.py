@@ -1,6 +1,6 @@
 """PacConv2d vs nn.Conv2d: forward+backward time and peak memory at depth-decoder resolutions.
 
-    python benchmarks/pac.py [--quick] [--batch N] [--reps N]
+    python benchmarks/pac.py [--quick] [--batch N] [--reps N] [--threads N] [--no-naive]
 
 Shapes are the 3x3 decoder convolutions of a 640x192 input (channels @ W x H), guide D = 32
 (GuidanceBranch default), sigma per layer (the default) plus one per-filter row. Also the naive
@@ -131,7 +131,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--no-naive", action="store_true", help="skip the unfold reference")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reps = args.reps or (3 if args.quick else 9)
     load0 = os.getloadavg()[0]
     rows = run(QUICK if args.quick else FULL, args.batch, reps, naive=not args.no_naive)
@@ -144,7 +147,8 @@ def main(argv=None):
     targets = {"time_ratio<=1.5": all(r["time_ratio"] <= 1.5 for r in rows),
                "mem_ratio<=2": all(r["mem_ratio"] <= 2.0 for r in rows)}
     print(f"targets: {targets}  (load average {load0:.1f} -> {load1:.1f})")
-    path = write_result("pac", {"rows": rows, "reps": reps, "guide_dim": GUIDE_DIM, "targets_met": targets,
+    name = "pac" if not args.threads else f"pac_threads{args.threads}"
+    path = write_result(name, {"rows": rows, "reps": reps, "guide_dim": GUIDE_DIM, "targets_met": targets,
                                 "loadavg_1min": [load0, load1],
                                 "memory_method": "torch.profiler memory timeline replay (CPU allocations)"},
                         quick=args.quick)
