@@ -27,7 +27,7 @@ TARGET_FPS = 10.0
 
 def _setup(frames: int, seed: int, width: int, height: int):
     scene, ego, times = S.make_drive_scene(frames, seed, 10.0, lead_car=False)
-    cam, velo, imu = S._calib_texts(width, height, "2099_01_01")
+    cam, velo, imu = S._calib_texts(width, height, "2030_01_01")
     rig = S._rig_from_texts(cam, velo, imu)
     T_imu_cam = np.linalg.inv(rig.T_cam_imu)
     ego.imu_height = S.CAM_HEIGHT - float(T_imu_cam[2, 3])

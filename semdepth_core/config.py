@@ -76,6 +76,7 @@ class SemanticConfig:
 class ModelConfig:
     depth_net: str = "resnet18"  # resnet18 | resnet50 | mobilenetv2 | packnet01
     pose_net: str = "posenet"
+    pose_encoder: str = "basic"  # basic (PackNet's PoseNet) | resnet18 | mobilenetv2
     pretrained: str = ""  # ImageNet weights for the depth encoder ("" = random init)
     pose_pretrained: str = ""
     min_depth: float = 0.1
@@ -157,6 +158,7 @@ _CHOICES = {
     "data.gt_source": {"auto", "velodyne", "dense"},
     "model.depth_net": {"resnet18", "resnet50", "mobilenetv2", "packnet01"},
     "model.pose_net": {"posenet"},
+    "model.pose_encoder": {"basic", "resnet18", "mobilenetv2"},
     "model.pac_sigma_mode": {"layer", "filter"},
     "model.semantic.arch": {"espnet", "fpn_resnet18", "fpn_resnet50"},
     "train.device": {"cpu", "cuda", "auto"},

@@ -45,12 +45,18 @@ def depth_scale_bar(height: int, max_depth: float = 80.0, min_depth: float = 1.0
     bar = np.full((height, width, 3), 255, np.uint8)
     bar[:, :18] = colorize(inv, 1.0 / max_depth, 1.0 / min_depth, "magma")
     font_scale = max(0.3, min(0.5, height / 400))
-    for d in (min_depth, 2 * min_depth, 5, 10, 20, 40, max_depth):
+    last_row = -100
+    for d in sorted({min_depth, 2 * min_depth, 3, 5, 10, 20, 40, max_depth}):
         if not (min_depth <= d <= max_depth):
             continue
         row = int(round((1.0 / min_depth - 1.0 / d) / (1.0 / min_depth - 1.0 / max_depth) * (height - 1)))
         row = min(max(row, 6), height - 3)
+        if row - last_row < 14 and d != max_depth:  # labels would overlap (inverse-depth spacing)
+            continue
+        if row - last_row < 14:  # always label the far end; drop the previous label instead
+            bar[max(0, last_row - 8):last_row + 5, 19:] = 255
         cv2.putText(bar, f"{d:g}m", (20, row + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+        last_row = row
     return bar
 
 

@@ -59,7 +59,23 @@ def node_command(checkpoint: Path, params_file: Path, backend: str, scale_mode: 
             "-p", f"checkpoint:={checkpoint}", "-p", f"backend:={backend}", "-p", f"scale.mode:={scale_mode}",
             "-r", f"__ns:={NAMESPACE}",
             "-r", f"image:={k2b.TOPIC_IMAGE}", "-r", f"camera_info:={k2b.TOPIC_CAMERA_INFO}",
-            "-r", f"odom:={k2b.TOPIC_ODOM}"]
+            "-r", f"odom:={k2b.TOPIC_ODOM}"] + reliable_qos_overrides()
+
+
+OUTPUTS = ("depth", "semantic", "semantic/color", "depth/camera_info", "points")
+
+
+def reliable_qos_overrides() -> list[str]:
+    """Large images are lost between processes over best-effort DDS (fragments): the demo makes its
+    inputs and outputs reliable with the node's standard `qos_overrides` parameters."""
+    from semdepth_ros import kitti_to_bag as k2b
+
+    args = []
+    for topic in (k2b.TOPIC_IMAGE, k2b.TOPIC_CAMERA_INFO, k2b.TOPIC_ODOM):
+        args += ["-p", f"qos_overrides.{topic}.subscription.reliability:=reliable"]
+    for topic in OUTPUTS:
+        args += ["-p", f"qos_overrides.{NAMESPACE}/{topic}.publisher.reliability:=reliable"]
+    return args
 
 
 def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float, timeout: float,
@@ -67,7 +83,7 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
     """Run depth_node + replay as processes; record the node's outputs in this process."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, PointCloud2
     from tqdm import tqdm
 
@@ -103,7 +119,7 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
                     out.diagnostics.append({"level": int.from_bytes(st.level, "little") if isinstance(st.level, bytes) else int(st.level),
                                             "message": st.message, **{kv.key: kv.value for kv in st.values}})
 
-    qos = qos_profile_sensor_data
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     node.create_subscription(Image, f"{NAMESPACE}/depth", on_depth, qos)
     node.create_subscription(Image, f"{NAMESPACE}/semantic", on_semantic, qos)
     node.create_subscription(PointCloud2, f"{NAMESPACE}/points", on_points, qos)
@@ -124,7 +140,8 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
                 time.sleep(0.2)
             time.sleep(1.0)  # let discovery settle on both sides
             t0 = time.monotonic()
-            replay = subprocess.Popen([sys.executable, "-m", "semdepth_ros.replay", str(bag), "--rate", f"{rate:g}"],
+            replay = subprocess.Popen([sys.executable, "-m", "semdepth_ros.replay", str(bag), "--rate", f"{rate:g}",
+                                       "--wait-for", k2b.TOPIC_IMAGE],
                                       env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             bar = tqdm(total=frames, desc="depth frames", unit="frame")
             seen = 0

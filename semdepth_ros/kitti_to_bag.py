@@ -60,6 +60,7 @@ FRAME_CAMERA_OPTICAL = "camera_color_left_optical"
 R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 CAM = 2
+ROS_TIME_LIMIT_NS = (2 ** 31) * 1_000_000_000  # builtin_interfaces/Time.sec is an int32
 
 
 class ConversionError(RuntimeError):
@@ -303,6 +304,9 @@ def convert(drive_dir: str | Path, out: str | Path, storage: str = "mcap", max_f
             conn(TOPIC_TF, "tf2_msgs/msg/TFMessage", [_qos("volatile", 100)])
 
         def write(topic, typ, ns, msg):
+            if not 0 <= int(ns) < ROS_TIME_LIMIT_NS:
+                raise ConversionError(f"{topic}: stamp {int(ns)} ns is outside ROS 2 Time (int32 seconds, "
+                                      "before 2038-01-19); check the drive's timestamps.txt")
             writer.write(conns[topic], int(ns), typestore.serialize_cdr(msg, typ))
             counts[topic] = counts.get(topic, 0) + 1
 

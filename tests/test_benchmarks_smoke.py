@@ -58,9 +58,11 @@ def test_configs_exist_and_load_with_bench_overrides():
 
 def test_sets_and_data_overrides():
     assert ts.sets(["a=1", "b.c=x"]) == ["--set", "a=1", "--set", "b.c=x"]
-    assert ts.data_overrides(False) == []
-    assert ts.data_overrides(False, 30) == ["data.synthetic.frames=30"]
-    assert "data.synthetic.render_width=320" in ts.data_overrides(True)
+    assert ts.data_overrides(False) == ["data.synthetic.cache_dir=runs/bench/synthetic_cache"]
+    assert ts.data_overrides(False, 30, 7)[1:] == ["train.max_steps=7", "data.synthetic.frames=30"]
+    quick = ts.data_overrides(True)
+    assert "data.synthetic.render_width=320" in quick
+    assert "data.synthetic.cache_dir=runs/bench/quick/synthetic_cache" in quick
 
 
 # ---------------------------------------------------------------- boundary band
@@ -162,12 +164,12 @@ def test_targets():
 
 def test_combined_root_links_drives(tmp_path):
     for seed in (1, 2):
-        d = tmp_path / f"r{seed}" / "2099_01_01"
-        (d / f"2099_01_01_drive_{seed:04d}_sync").mkdir(parents=True)
+        d = tmp_path / f"r{seed}" / "2030_01_01"
+        (d / f"2030_01_01_drive_{seed:04d}_sync").mkdir(parents=True)
         (d / "calib_cam_to_cam.txt").write_text("x")
     out = ts.combined_root([tmp_path / "r1", tmp_path / "r2"], tmp_path / "all")
-    names = sorted(p.name for p in (out / "2099_01_01").iterdir())
-    assert names == ["2099_01_01_drive_0001_sync", "2099_01_01_drive_0002_sync", "calib_cam_to_cam.txt"]
+    names = sorted(p.name for p in (out / "2030_01_01").iterdir())
+    assert names == ["2030_01_01_drive_0001_sync", "2030_01_01_drive_0002_sync", "calib_cam_to_cam.txt"]
     assert sorted(p.name for p in out.glob("*/*_drive_*_sync") if p.is_dir()) == names[:2]
     ts.combined_root([tmp_path / "r1"], tmp_path / "all")  # rebuilt, the linked drives untouched
-    assert (tmp_path / "r2" / "2099_01_01" / "2099_01_01_drive_0002_sync").is_dir()
+    assert (tmp_path / "r2" / "2030_01_01" / "2030_01_01_drive_0002_sync").is_dir()

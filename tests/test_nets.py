@@ -390,7 +390,10 @@ def test_depth_model_with_espnet_guided(shared_data):
 
 def test_build_models_and_errors(tmp_path, mobilenet_weights):
     depth, pose = build_models(ModelConfig(depth_net="mobilenetv2", pretrained=str(mobilenet_weights),
-                                           pose_pretrained=str(mobilenet_weights)), num_context=2)
+                                           pose_encoder="mobilenetv2", pose_pretrained=str(mobilenet_weights)),
+                               num_context=2)
+    with pytest.raises(ValueError, match="model.pose_encoder"):
+        build_models(ModelConfig(pose_encoder="resnet18", pose_pretrained=str(mobilenet_weights)))
     sd = torch.load(mobilenet_weights, map_location="cpu", weights_only=True)
     assert torch.equal(depth.encoder.features[5].conv[3].weight, sd["features.5.conv.3.weight"])
     assert pose.encoder_name == "mobilenetv2" and pose.num_context == 2

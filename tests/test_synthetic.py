@@ -29,7 +29,7 @@ from semdepth_core.data.kitti import (
 from semdepth_core.data.labels import ID, SKY
 from semdepth_core.geometry.warp import view_synthesis
 
-DATE = "2099_01_01"
+DATE = "2030_01_01"
 W, H = 320, 96
 ALLOWED_IDS = {ID["road"], ID["sidewalk"], ID["building"], ID["pole"], ID["traffic sign"], ID["vegetation"],
                SKY, ID["car"]}
@@ -110,7 +110,7 @@ def test_layout_and_counts(drive7):
                "velodyne_points/timestamps_end.txt"):
         lines = (drive7 / ts).read_text().splitlines()
         assert len(lines) == n, ts
-        assert all(len(x) == 29 and x[:10] == "2099-01-01" for x in lines), ts
+        assert all(len(x) == 29 and x[:10] == "2030-01-01" for x in lines), ts
     fmt = (drive7 / "oxts/dataformat.txt").read_text().splitlines()
     assert [ln.split(":")[0] for ln in fmt] == list(OXTS_FIELDS)
     meta = _meta(drive7)
@@ -284,7 +284,7 @@ def test_oxts_fields_consistent(drive7):
 
 
 def test_bad_arguments(tmp_path):
-    for kw in ({"frames": 0}, {"frames": 2.5}, {"width": 10}, {"speed": -1.0}, {"date": "2099-01-01"},
+    for kw in ({"frames": 0}, {"frames": 2.5}, {"width": 10}, {"speed": -1.0}, {"date": "2030-01-01"},
                {"drive_id": 10000}, {"seed": -3}):
         args = {"frames": 2, "seed": 1, "width": W, "height": H, **kw}
         with pytest.raises(ValueError):

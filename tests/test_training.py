@@ -23,7 +23,7 @@ from semdepth_core.checkpoint import load_checkpoint
 from semdepth_core.config import ConfigError, LossConfig, config_from_dict, load_config
 from semdepth_core.paths import REPO_ROOT
 
-DATE = "2099_01_01"
+DATE = "2030_01_01"
 DRIVE = f"{DATE}_drive_0007_sync"  # the conftest drive (seed 7, 12 frames, 320x96)
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
@@ -298,7 +298,7 @@ def test_synthetic_drives_are_generated_once_and_reused(tmp_path):
     split.write_text(f"{drive.parent.name}/{drive.name} 1 l\n{drive.parent.name}/{drive.name} 3 l\n")
     kept, _ = build_datasets(load_config(None, cfg_overrides + [f"data.train_split={split}"]), rank=0, world=1)
     assert len(kept) == 2
-    split.write_text(f"{drive.parent.name}/2099_01_01_drive_0999_sync 1 l\n")
+    split.write_text(f"{drive.parent.name}/2030_01_01_drive_0999_sync 1 l\n")
     with pytest.raises(ConfigError, match="train_split"):
         build_datasets(load_config(None, cfg_overrides + [f"data.train_split={split}"]), rank=0, world=1)
     bad = load_config(None, ["data.kind=synthetic", f"data.synthetic.cache_dir={tmp_path}",

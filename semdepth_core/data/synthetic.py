@@ -1198,9 +1198,11 @@ def _validate(frames, seed, width, height, speed, drive_id, date):
                                  or not 0 <= drive_id <= 9999):
         raise ValueError(f"drive_id must be an integer in [0, 9999], got {drive_id!r}")
     try:
-        _dt.datetime.strptime(date, "%Y_%m_%d")
+        day = _dt.datetime.strptime(date, "%Y_%m_%d")
     except (TypeError, ValueError):
         raise ValueError(f"date must look like YYYY_MM_DD, got {date!r}") from None
+    if not _dt.datetime(1970, 1, 2) <= day < _dt.datetime(2038, 1, 1):
+        raise ValueError(f"date {date!r}: stamps must fit ROS 2 Time (int32 seconds since 1970, before 2038)")
 
 
 def make_drive_scene(frames: int, seed: int, speed: float = 10.0, lead_car: bool = False):
@@ -1225,7 +1227,7 @@ def make_drive_scene(frames: int, seed: int, speed: float = 10.0, lead_car: bool
 
 
 def generate_drive(out_root, frames: int, seed: int, width: int = 640, height: int = 192, lead_car: bool = False,
-                   speed: float = 10.0, drive_id: int | None = None, date: str = "2099_01_01") -> Path:
+                   speed: float = 10.0, drive_id: int | None = None, date: str = "2030_01_01") -> Path:
     """Render a synthetic drive in KITTI raw layout under out_root/date; returns the drive dir."""
     _validate(frames, seed, width, height, speed, drive_id, date)
     frames, seed, width, height = int(frames), int(seed), int(width), int(height)
@@ -1329,7 +1331,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lead-car", action="store_true", help="a car ahead at constant gap, at ego speed")
     ap.add_argument("--speed", type=float, default=10.0, help="ego speed (m/s)")
     ap.add_argument("--drive-id", type=int, default=None)
-    ap.add_argument("--date", default="2099_01_01")
+    ap.add_argument("--date", default="2030_01_01")
     a = ap.parse_args(argv)
     try:
         d = generate_drive(a.out, a.frames, a.seed, a.width, a.height, a.lead_car, a.speed, a.drive_id, a.date)

@@ -49,27 +49,6 @@ def config_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> Con
     return cfg
 
 
-def build_pose_net_for_state(state: dict, num_context: int, path: str | Path = "<checkpoint>") -> torch.nn.Module:
-    """A PoseNet whose architecture matches `state`.
-
-    The config only names the pose encoder indirectly (through `model.pose_pretrained`, a file
-    that need not exist at inference time), so the encoder ("basic", "resnet18", "mobilenetv2")
-    and the number of context frames are recovered from the state dict's keys and shapes.
-    """
-    from semdepth_core.nets.posenet import ENCODERS, PoseNet
-
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    tried = []
-    for n in dict.fromkeys([num_context, 1, 2, 3, 4]):
-        for enc in ENCODERS:
-            net = PoseNet(n, enc)
-            own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-            if own == shapes:
-                return net
-            tried.append(f"{enc}/{n} ctx")
-    raise CheckpointError(f"{path}: pose_net state matches no PoseNet architecture (tried {', '.join(tried)})")
-
-
 def load_models(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModels:
     """Load `checkpoint` safely, rebuild both networks from its config, load weights (strict), eval().
 
@@ -82,13 +61,16 @@ def load_models(checkpoint: str | Path, device: str | torch.device = "cpu") -> L
     cfg = config_from_checkpoint(ckpt, path)
     if not isinstance(ckpt.get("depth_model"), dict):
         raise CheckpointError(f"{path}: no 'depth_model' state dict")
-    depth_model, _ = build_models(cfg.model, num_context=len(cfg.data.context))
+    try:
+        depth_model, pose_net = build_models(cfg.model, num_context=len(cfg.data.context))
+    except (ValueError, FileNotFoundError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its config: {exc}") from exc
     load_state_dict_checked(depth_model, ckpt["depth_model"], "depth_model")
     pose_state = ckpt.get("pose_net")
-    pose_net = None
     if isinstance(pose_state, dict):
-        pose_net = build_pose_net_for_state(pose_state, len(cfg.data.context), path)
         load_state_dict_checked(pose_net, pose_state, "pose_net")
+    else:
+        pose_net = None
     depth_model = depth_model.to(device).eval()
     if pose_net is not None:
         pose_net = pose_net.to(device).eval()

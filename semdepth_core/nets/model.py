@@ -142,15 +142,19 @@ def _pose_encoder_for(path: str) -> str:
 def build_models(cfg: ModelConfig, num_context: int = 2,
                  semantic_net: nn.Module | None = None) -> tuple[DepthModel, nn.Module]:
     """ModelConfig -> (DepthModel, PoseNet). The pose net gets `num_context` context frames
-    (len(data.context)); with `cfg.pose_pretrained` its encoder is a ResNet-18 or MobileNetV2
-    (chosen from the checkpoint's layout) initialised from it, else PackNet's basic PoseNet."""
+    (len(data.context)) and the encoder `cfg.pose_encoder`, initialised from `cfg.pose_pretrained`
+    when set (the file's layout must match the encoder). The config alone fixes the architecture,
+    so inference rebuilds both networks from a checkpoint's embedded config."""
     from .posenet import PoseNet
 
     depth = DepthModel(cfg, semantic_net=semantic_net)
-    if cfg.pose_pretrained:
-        if not Path(cfg.pose_pretrained).is_file():
-            raise FileNotFoundError(f"model.pose_pretrained: weights file not found: {cfg.pose_pretrained}")
-        pose = PoseNet(num_context, _pose_encoder_for(cfg.pose_pretrained), cfg.pose_pretrained)
-    else:
-        pose = PoseNet(num_context, "basic", width=cfg.pose_width)
+    pretrained = cfg.pose_pretrained or None
+    if pretrained:
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(f"model.pose_pretrained: weights file not found: {pretrained}")
+        found = _pose_encoder_for(pretrained)
+        if found != cfg.pose_encoder:
+            raise ValueError(f"model.pose_encoder: {cfg.pose_encoder!r} does not match model.pose_pretrained "
+                             f"({pretrained} holds a {found} state_dict); set model.pose_encoder: {found}")
+    pose = PoseNet(num_context, cfg.pose_encoder, pretrained, width=cfg.pose_width)
     return depth, pose
