@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     sem_budget = args.semantic_minutes if args.semantic_minutes is not None else (
         QUICK_SEMANTIC_MIN if args.quick else FULL_SEMANTIC_MIN)
     root = bench_dir("guided_vs_baseline", args.quick)
-    overrides = data_overrides(args.quick, args.frames)
+    overrides = data_overrides(args.quick, args.frames, args.max_steps)
 
     # 1. semantic net on other drives
     sem_path = root / "semantic" / "espnet_synthetic.pt"

@@ -16,9 +16,9 @@ Reported:
   - the filter's precision/recall of flagged (dropped) training frames against ground truth: a frame
     "has the infinite-depth case" when it belongs to a lead-car drive and its dynamic mask is non-empty.
 
-Stage 2 is trained with data.kind=kitti on a root of symlinks to the same drives plus data.train_split=
-kept.txt: `training.train.build_datasets` ignores data.train_split for data.kind=synthetic, so the
-pipeline's own stage 2 (training.two_stage) would silently retrain on every image.
+Stage 2 is trained exactly as `training.two_stage` does it: the same config plus data.train_split=kept.txt
+(which selects frames of the synthetic drives). The pieces are called here instead of run_two_stage so
+that a resumed stage gets only what is left of its budget.
 Re-invoking continues where it stopped (each stage resumes with what is left of its budget).
 """
 from __future__ import annotations
@@ -105,16 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     budget = budget_of(args, FULL_BUDGET_MIN)
     apply_threads(args)
     root = bench_dir("two_stage_synthetic", args.quick)
-    base = data_overrides(args.quick, args.frames)
+    base = data_overrides(args.quick, args.frames, args.max_steps)
     overrides = base + stage_overrides()
     t_start = time.monotonic()
 
     from semdepth_core.config import load_config
-    from semdepth_core.data.splits import refs_for_root, write_split_file
     from training.filter_dataset import filter_dataset
 
     train_roots = drive_roots(CONFIG, base, TRAIN_SEEDS, LEAD_SEEDS)
-    val_roots = drive_roots(CONFIG, base, VAL_SEEDS)
     lead_test = combined_root(drive_roots(CONFIG, base, LEAD_TEST_SEEDS, LEAD_TEST_SEEDS), root / "test_lead")
     plain_test = combined_root(drive_roots(CONFIG, base, TEST_SEEDS), root / "test_plain")
 
@@ -147,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     pr = precision_recall(flagged, truth)
 
     # stage 2: from scratch on the kept images ----------------------------------------------
-    data_root = combined_root(train_roots + val_roots, root / "stage2_data")
-    val_split = f_dir / "val.txt"
-    write_split_file(val_split, [ref for r in val_roots for ref in refs_for_root(r, ())])
-    s2_over = overrides + ["data.kind=kitti", f"data.root={data_root}", f"data.train_split={f_dir / 'kept.txt'}",
-                           f"data.val_split={val_split}"]
+    s2_over = overrides + [f"data.train_split={(f_dir / 'kept.txt').relative_to(REPO)}"]
     s2_dir = root / "stage2"
     run_training(CONFIG, s2_dir, budget, s2_over)
     s2_ckpt = final_checkpoint(s2_dir)
