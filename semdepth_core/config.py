@@ -130,6 +130,7 @@ class TrainConfig:
     val_every_epochs: int = 1
     checkpoint_every_steps: int = 0  # 0 = only at epoch end
     tensorboard: bool = True
+    num_threads: int = 0  # torch CPU threads per process (0 = library default / cores per process)
 
 
 @dataclass

@@ -101,6 +101,8 @@ def test_short_run_writes_weights_only_checkpoint_with_config(short_run):
     steps = _log_steps(short_run)
     assert sorted(steps) == [1, 2, 3]
     assert all(0 < steps[s]["total"] < 1 and steps[s]["images_per_s"] > 0 for s in steps)
+    # the wall-clock budget is for the whole run: elapsed time is logged and checkpointed
+    assert 0 < steps[1]["elapsed_s"] <= steps[2]["elapsed_s"] <= steps[3]["elapsed_s"] <= ckpt["elapsed_s"]
     # validation ran after the epoch and produced best.ckpt with both metric flavours
     val = [json.loads(x) for x in (short_run / "log.jsonl").read_text().splitlines() if '"val"' in x]
     assert len(val) == 1 and 0 < val[0]["val"]["abs_rel"] < 10 and "abs_rel" in val[0]["val"]["unscaled"]

@@ -164,7 +164,10 @@ def synthetic_drive_root(cfg: Config, seed: int) -> Path:
 
     s = cfg.data.synthetic
     lead = s.lead_car or seed in s.lead_car_seeds
-    key = f"seed{seed}_{s.render_width}x{s.render_height}_f{s.frames}_v{s.speed:g}_lead{int(lead)}"
+    from semdepth_core.data.synthetic import GENERATOR_VERSION
+
+    key = (f"seed{seed}_{s.render_width}x{s.render_height}_f{s.frames}_v{s.speed:g}_lead{int(lead)}"
+           f"_gen{GENERATOR_VERSION}")
     root = resolve_path(s.cache_dir) / key
     marker = root / ".complete"
     if marker.is_file():
@@ -177,7 +180,12 @@ def synthetic_drive_root(cfg: Config, seed: int) -> Path:
     generate_drive(tmp, frames=s.frames, seed=seed, width=s.render_width, height=s.render_height,
                    lead_car=lead, speed=s.speed)
     (tmp / ".complete").write_text("ok\n")
-    os.replace(tmp, root)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not marker.is_file():  # not another process's finished copy of the same drive
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process published it first: reuse theirs
     return root
 
 
@@ -343,6 +351,8 @@ class Trainer:
         self.epoch, self.global_step, self.batch_in_epoch = 0, 0, 0
         self.best_abs_rel = math.inf
         self.skipped_steps = 0
+        self.elapsed_before = 0.0  # training seconds spent by earlier (resumed) invocations
+        self._start_time: float | None = None
         self.stop_reason = ""
         if resume is not None:
             self._load_state(resume)
@@ -366,6 +376,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best_abs_rel": self.best_abs_rel,
             "skipped_steps": self.skipped_steps,
+            "elapsed_s": self.elapsed(),
             "world_size": self.world,
             "rng": rng_state(),
         }
@@ -384,6 +395,7 @@ class Trainer:
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
         self.best_abs_rel = float(ckpt["best_abs_rel"])
         self.skipped_steps = int(ckpt["skipped_steps"])
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
         if int(ckpt.get("world_size", 1)) != self.world:
             print(f"warning: checkpoint was written with {ckpt.get('world_size')} processes, resuming with "
                   f"{self.world}: data order will differ from an uninterrupted run", file=sys.stderr)
@@ -502,7 +514,8 @@ class Trainer:
                 self.skipped_steps += 1
             record = {"step": self.global_step, "epoch": self.epoch, **values,
                       "lr_depth": self.optimizer.param_groups[0]["lr"],
-                      "lr_pose": self.optimizer.param_groups[1]["lr"], "images_per_s": ips}
+                      "lr_pose": self.optimizer.param_groups[1]["lr"], "images_per_s": ips,
+                      "elapsed_s": round(self.elapsed(), 3)}
             if not ok:
                 record.update(skipped=True, reason="non-finite loss", skipped_steps=self.skipped_steps)
                 if self.is_main:
@@ -569,9 +582,16 @@ class Trainer:
         out["unscaled"] = {k: v for k, v in unscaled.summary().items() if isinstance(v, float)}
         return out
 
+    def elapsed(self) -> float:
+        """Seconds of training so far, including the invocations this run was resumed from."""
+        if self._start_time is None:
+            return self.elapsed_before
+        return time.monotonic() - self._start_time
+
     def fit(self) -> str:
         cfg = self.cfg
-        start_time = time.monotonic()
+        # train.max_minutes is a budget for the whole run: a resumed run continues the clock
+        start_time = self._start_time = time.monotonic() - self.elapsed_before
         finished = True
         try:
             if self._budget_exhausted(start_time):  # e.g. resumed at max_steps
@@ -593,6 +613,10 @@ class Trainer:
                     finished = False
                     break
             if not finished:
+                if self.batch_in_epoch > 0:  # stopped mid-epoch: score the final weights too
+                    self._validate_and_track()
+                    if self.world > 1:
+                        dist.barrier()
                 self.save("last.ckpt")
                 message = f"stopped: {self.stop_reason} at step {self.global_step}; checkpoint {self.run_dir / 'last.ckpt'}"
             else:
@@ -706,7 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             check_writable(run_dir)
         device = resolve_device(cfg.train.device, local_rank)
-        torch.set_num_threads(max(1, torch.get_num_threads() // max(world, 1)))
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        else:
+            torch.set_num_threads(max(1, torch.get_num_threads() // max(world, 1)))
         try:
             trainer = Trainer(cfg, device, rank, world, resume=resume_ckpt)
         except (ConfigError, CheckpointError) as exc:

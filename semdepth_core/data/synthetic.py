@@ -44,6 +44,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# Bump when the rendered content of a (seed, settings) drive changes: caches key on it.
+GENERATOR_VERSION = 3
+
 from semdepth_core.data.labels import ID, SKY
 
 # ----------------------------------------------------------------------------------------------
