@@ -85,7 +85,7 @@ class ModelConfig:
     pac_sigma_mode: str = "layer"  # layer | filter
     packnet_version: str = "1A"
     decoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # Monodepth2 widths
-    mobilenet_head: bool = True  # False: MobileNetV2 stops at its 320-ch block 17 (compact models)
+    mobilenet_last_block: int = 18  # MobileNetV2 stride-32 output: 18 = 1280-ch head (full), 17 = 320-ch, 16 = 160-ch
     pose_width: float = 1.0  # width multiplier of the basic PoseNet
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
 
@@ -251,6 +251,7 @@ def _validate_ranges(cfg: Config) -> None:
         ("model.decoder_channels", len(cfg.model.decoder_channels) == 5 and min(cfg.model.decoder_channels) > 0,
          "must list 5 positive widths (strides 1, 2, 4, 8, 16)"),
         ("model.pose_width", 0 < cfg.model.pose_width <= 4, "must be in (0, 4]"),
+        ("model.mobilenet_last_block", cfg.model.mobilenet_last_block in (16, 17, 18), "must be 16, 17 or 18"),
         ("loss.ssim_alpha", 0.0 <= cfg.loss.ssim_alpha <= 1.0, "must be in [0, 1]"),
         ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),
         ("loss.smoothness_weight", cfg.loss.smoothness_weight >= 0, "must be >= 0"),

@@ -81,7 +81,7 @@ class MobileNetV2Encoder(nn.Module):
     divided by k. H and W must be multiples of 32.
     """
 
-    def __init__(self, pretrained_path: str | Path | None = None, in_ch: int = 3, head: bool = True) -> None:
+    def __init__(self, pretrained_path: str | Path | None = None, in_ch: int = 3, last_block: int = 18) -> None:
         super().__init__()
         if in_ch < 3 or in_ch % 3:
             raise ValueError(f"MobileNetV2Encoder: in_ch must be a positive multiple of 3, got {in_ch}")
@@ -93,12 +93,14 @@ class MobileNetV2Encoder(nn.Module):
             for i in range(n):
                 layers.append(InvertedResidual(ch, c, s if i == 0 else 1, t))
                 ch = c
-        self.head = head
-        if head:  # head=False: stop at block 17 (320 ch at stride 32), a compact encoder
-            layers.append(_conv_bn_relu6(ch, 1280, 1, 1))
-        self.features = nn.Sequential(*layers)
-        self.taps = _TAPS if head else _TAPS[:-1] + (17,)
-        self.num_ch_enc = [16, 24, 32, 96, 1280 if head else 320]
+        if last_block not in (16, 17, 18):
+            raise ValueError(f"MobileNetV2Encoder: last_block must be 16, 17 or 18, got {last_block}")
+        layers.append(_conv_bn_relu6(ch, 1280, 1, 1))
+        # compact variants end earlier (all still at stride 32): 17 -> 320 ch, 16 -> 160 ch
+        self.last_block = last_block
+        self.features = nn.Sequential(*layers[: last_block + 1])
+        self.taps = _TAPS[:-1] + (last_block,)
+        self.num_ch_enc = [16, 24, 32, 96, {18: 1280, 17: 320, 16: 160}[last_block]]
         self._init_weights()
         if pretrained_path:
             self.load_pretrained(pretrained_path)
@@ -114,7 +116,7 @@ class MobileNetV2Encoder(nn.Module):
     def load_pretrained(self, path: str | Path) -> None:
         """Load the `features.*` state_dict with strict=True (a `classifier.*` head is ignored)."""
         sd = {k: v for k, v in load_state_dict_file(path, "MobileNetV2").items()
-              if not k.startswith("classifier.") and (self.head or not k.startswith("features.18."))}
+              if not k.startswith("classifier.") and int(k.split(".")[1]) <= self.last_block}
         if "features.0.0.weight" in sd:
             sd["features.0.0.weight"] = adapt_first_conv(sd["features.0.0.weight"], self.in_ch)
         try:

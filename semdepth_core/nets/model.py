@@ -77,7 +77,7 @@ class DepthModel(nn.Module):
             if cfg.depth_net == "mobilenetv2":
                 from .mobilenetv2 import MobileNetV2Encoder
 
-                self.encoder = MobileNetV2Encoder(pretrained, head=cfg.mobilenet_head)
+                self.encoder = MobileNetV2Encoder(pretrained, last_block=cfg.mobilenet_last_block)
             else:
                 from .resnet import ResNetEncoder
 
