@@ -85,3 +85,24 @@ def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str) -> 
             parts.append(f"{len(wrong)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise CheckpointError(f"{what}: checkpoint does not match the configured architecture: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def slim_checkpoint(ckpt: dict, half: bool = True, provenance: dict | None = None) -> dict:
+    """A deployable copy: config + network weights only (fp16 floats when `half`), no optimiser/RNG state.
+
+    Loading casts the weights back to the model's float32 parameters (`load_state_dict` copies with a
+    dtype conversion), so a slim checkpoint loads through the same path as a training checkpoint.
+    """
+    def conv(state):
+        if state is None:
+            return None
+        return {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in state.items()}
+
+    out = {"config": ckpt["config"], "depth_model": conv(ckpt["depth_model"]), "pose_net": conv(ckpt.get("pose_net")),
+           "format": FORMAT}
+    for key in ("epoch", "global_step", "best_abs_rel", "elapsed_s"):
+        if key in ckpt:
+            out[key] = ckpt[key]
+    if provenance:
+        out["provenance"] = provenance
+    return out
