@@ -62,6 +62,29 @@ def test_other_paddings_match_reference(padding, mode):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [37, 200])
+@pytest.mark.parametrize("mode", ["layer", "filter"])
+def test_spatial_tiling_matches_reference(monkeypatch, tile, mode):
+    """Tiles smaller than a row and than the mirrored-tap shift give the same result and gradients."""
+    import semdepth_core.nets.pac as pac_mod
+
+    monkeypatch.setattr(pac_mod, "_TILE_FLOATS", tile)
+    monkeypatch.setattr(pac_mod, "_MIN_TILE", 1)
+    layer = _layer(3, 4, 5, 2, mode, seed=3)  # k=5, dilation 2: shifts up to 2*2*(Wp+1)
+    x = torch.randn(2, 3, 10, 17, requires_grad=True)
+    g = torch.randn(2, 5, 10, 17, requires_grad=True)
+    assert len(pac_mod._Flat(x, 5, layer.padding, 2).chunks(3 + 4 + 5)) > 3
+    out = layer(x, g)
+    ref = pac_conv2d_reference(x, g, layer.weight, layer.bias, layer.sigma, 1, layer.padding, 2)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(out)
+    params = (x, g, layer.weight, layer.bias, layer.log_sigma)
+    ga = torch.autograd.grad((out * w).sum(), params)
+    gb = torch.autograd.grad((ref * w).sum(), params)
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_no_grad_path_equals_training_path():
     layer = _layer(4, 6, 3, 1, "filter")
     x, g = torch.randn(1, 4, 9, 10), torch.randn(1, 3, 9, 10)

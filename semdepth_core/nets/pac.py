@@ -11,7 +11,8 @@ differences.
 - Stride 1 (training and inference): the zero-padded maps are flattened so every shifted view is
   a contiguous range (see `_Flat`); per tap one GEMM on a view, accumulated in place (with a
   per-layer sigma K_o moves to the input side and the GEMM accumulates W_o (K_o x_o) directly).
-  Mirrored taps share one guide-distance evaluation. A custom autograd Function recomputes the
+  Mirrored taps share one guide-distance evaluation, and the flat output is processed in spatial
+  tiles so that all taps of a tile run in cache. A custom autograd Function recomputes the
   kernel maps in backward, so the tensors kept for backward are x, guide, weight and sigma only:
   the same order of memory as nn.Conv2d (which keeps x and weight).
 - Stride 2: the same loop on strided slices of the padded maps (`_pac_loop` + its backward).
@@ -111,9 +112,17 @@ class _Flat:
             for b in range(self.k):
                 yield a, b, (a * self.Wp + b) * self.d
 
-    def window(self, tf, off):
-        """The L-long view of flat tf starting at off: [B,C,L]."""
-        return tf[:, :, off:off + self.L]
+    def chunks(self, channels: int):
+        """(q0, n) ranges of the flat output: tiles small enough for all taps to run in cache."""
+        n = max(_MIN_TILE, _TILE_FLOATS // max(1, channels))
+        return [(q0, min(n, self.L - q0)) for q0 in range(0, self.L, n)]
+
+
+# Spatial tiling: per tile the taps' operands (input, output, guide, kernel maps) stay in cache
+# instead of streaming the whole maps from memory k*k times (small-channel layers are otherwise
+# memory-bound). _TILE_FLOATS / (Cin + Cout + D) flat positions per tile.
+_TILE_FLOATS = 1 << 19
+_MIN_TILE = 1024
 
 
 def _tap_pairs(fl: "_Flat"):
@@ -121,23 +130,24 @@ def _tap_pairs(fl: "_Flat"):
 
     The squared guide distance of a tap and of its mirror are the same map shifted by s:
     E(r) = ||f[r] - f[r+s]||^2 gives d_{+s}(q) = E(centre+q) and d_{-s}(q) = E(centre+q-s), so one
-    evaluation over L+s positions serves both taps (half the guide work). The centre tap has K = 1.
+    evaluation over n+s positions serves both taps of a tile of n outputs (half the guide work).
+    The centre tap has K = 1.
     """
     taps = list(fl.offsets())
     n = len(taps)
     return [(taps[n - 1 - t], taps[t], taps[n - 1 - t][2] - fl.centre) for t in range(n // 2)]
 
 
-def _pair_kernel(gf, fl: "_Flat", s: int, coef):
-    """Eq. 5 for a mirrored tap pair: diff [B,D,L+s], E [B,1,L+s] and K = exp(coef*E) [B,S,L+s]."""
-    start = fl.centre - s
-    diff = gf[:, :, start:start + fl.L + s] - gf[:, :, fl.centre:fl.centre + fl.L + s]  # f_r - f_{r+s}
+def _pair_kernel(gf, fl: "_Flat", s: int, q0: int, n: int, coef):
+    """Eq. 5 for a mirrored tap pair on tile [q0, q0+n): diff [B,D,n+s], E [B,1,n+s], K [B,S,n+s]."""
+    start = fl.centre - s + q0
+    diff = gf[:, :, start:start + n + s] - gf[:, :, start + s:start + 2 * s + n]  # f_r - f_{r+s}
     E = diff.square().sum(dim=1, keepdim=True)  # ||f_r - f_{r+s}||^2 (faster than vector_norm on CPU)
     return diff, E, torch.exp(E * coef)
 
 
 def _pac_flat_forward(x, guide, weight, bias, log_sigma, padding, dilation):
-    """Eq. 4 for stride 1 (no autograd): per tap one GEMM on a view, accumulated in place."""
+    """Eq. 4 for stride 1 (no autograd): per tile and tap one GEMM on a view, accumulated in place."""
     B, Cin = x.shape[:2]
     Cout, k = weight.shape[0], weight.shape[-1]
     fl = _Flat(x, k, padding, dilation)
@@ -145,43 +155,43 @@ def _pac_flat_forward(x, guide, weight, bias, log_sigma, padding, dilation):
     wk = weight.permute(2, 3, 0, 1).contiguous()  # [k,k,Cout,Cin]
     coef = _kernel_coef(log_sigma).reshape(1, -1, 1)  # [1,S,1]
     per_filter = log_sigma.numel() != 1
-    L = fl.L
-    out = x.new_zeros(B, Cout, L)  # [B,Cout,L]
+    out = x.new_zeros(B, Cout, fl.L)  # [B,Cout,L]
     if bias is not None:
         out += bias.reshape(1, -1, 1)
-    z = None if per_filter else x.new_empty(Cin, L)  # K_o * x_o buffer
     c = (k - 1) // 2
-    x_c = fl.window(xf, fl.centre)
-    for i in range(B):  # centre tap: K(f_i, f_i) = 1
-        out[i].addmm_(wk[c, c], x_c[i])
-    for (a, b, off), (a2, b2, off2), s in _tap_pairs(fl):
-        _, _, Kx = _pair_kernel(gf, fl, s, coef)  # [B,S,L+s]
-        for (ta, tb, toff), K in (((a, b, off), Kx[..., s:s + L]), ((a2, b2, off2), Kx[..., :L])):
-            x_o = fl.window(xf, toff)  # [B,Cin,L] view
-            w_o = wk[ta, tb]  # [Cout,Cin]
-            for i in range(B):
-                if per_filter:
-                    out[i].addcmul_(K[i], w_o @ x_o[i])
-                else:  # K is shared by all channels: W_o (K x_o), accumulated by the GEMM itself
-                    torch.mul(x_o[i], K[i], out=z)
-                    out[i].addmm_(w_o, z)
+    pairs = _tap_pairs(fl)
+    for q0, n in fl.chunks(Cin + Cout + guide.shape[1]):
+        o_t = out[:, :, q0:q0 + n]  # [B,Cout,n] view
+        z = None if per_filter else x.new_empty(Cin, n)  # K_o * x_o buffer
+        for i in range(B):  # centre tap: K(f_i, f_i) = 1
+            o_t[i].addmm_(wk[c, c], xf[i, :, fl.centre + q0:fl.centre + q0 + n])
+        for (a, b, off), (a2, b2, off2), s in pairs:
+            _, _, Kx = _pair_kernel(gf, fl, s, q0, n, coef)  # [B,S,n+s]
+            for (ta, tb, toff), K in (((a, b, off), Kx[..., s:s + n]), ((a2, b2, off2), Kx[..., :n])):
+                x_o = xf[:, :, toff + q0:toff + q0 + n]  # [B,Cin,n] view
+                w_o = wk[ta, tb]  # [Cout,Cin]
+                for i in range(B):
+                    if per_filter:
+                        o_t[i].addcmul_(K[i], w_o @ x_o[i])
+                    else:  # K is shared by all channels: W_o (K x_o), accumulated by the GEMM itself
+                        torch.mul(x_o[i], K[i], out=z)
+                        o_t[i].addmm_(w_o, z)
     return out.unflatten(2, (fl.Ho, fl.Wp))[..., :fl.Wo].contiguous()  # [B,Cout,Ho,Wo]
 
 
 def _pac_flat_backward(grad_out, x, guide, weight, log_sigma, padding, dilation, needs):
-    """Gradients of Eq. 4-5 for stride 1, recomputing the kernel maps pair of taps by pair."""
+    """Gradients of Eq. 4-5 for stride 1, recomputing the kernel maps tile by tile, pair by pair."""
     need_x, need_g, need_w, need_s = needs
-    B = x.shape[0]
-    k = weight.shape[-1]
+    B, Cin = x.shape[:2]
+    Cout, k = weight.shape[0], weight.shape[-1]
     fl = _Flat(x, k, padding, dilation)
-    L = fl.L
     xf, gf = fl.pad(x), fl.pad(guide)
     wk = weight.permute(2, 3, 0, 1).contiguous()  # [k,k,Cout,Cin]
     wkt = wk.transpose(2, 3).contiguous()  # [k,k,Cin,Cout]
     coef = _kernel_coef(log_sigma).reshape(1, -1, 1)  # [1,S,1]
     per_filter = log_sigma.numel() != 1
     # grad_out on the Ho x Wp grid with zeros in the scratch columns: they then contribute nothing
-    go = F.pad(grad_out, (0, fl.Wp - fl.Wo)).flatten(2)  # [B,Cout,L]
+    go_all = F.pad(grad_out, (0, fl.Wp - fl.Wo)).flatten(2)  # [B,Cout,L]
     gxf = torch.zeros_like(xf) if need_x else None
     ggf = torch.zeros_like(gf) if need_g else None
     gwk = torch.zeros_like(wk) if need_w else None  # [k,k,Cout,Cin]
@@ -189,16 +199,17 @@ def _pac_flat_backward(grad_out, x, guide, weight, log_sigma, padding, dilation,
     need_k = need_g or need_s
     c = (k - 1) // 2
 
-    def tap_grads(ta, tb, toff, K):
-        """Accumulate dL/dx, dL/dW for one tap; return dL/dK [B,S,L] (or None)."""
-        x_o = fl.window(xf, toff)  # [B,Cin,L]
-        gK = (x.new_empty(B, K.shape[1], L) if need_k else None) if K is not None else None
+    def tap_grads(ta, tb, lo, go, K):
+        """Accumulate dL/dx, dL/dW of one tap on a tile (input from flat index lo); return dL/dK [B,S,n]."""
+        n = go.shape[-1]
+        x_o = xf[:, :, lo:lo + n]  # [B,Cin,n]
+        gK = x.new_empty(B, K.shape[1], n) if (need_k and K is not None) else None
         for i in range(B):
             if K is not None and not per_filter:
                 # shared K: one GEMM h = W_o^T g serves dL/dx_o = K h and dL/dK = sum_cin h x_o
-                h = wkt[ta, tb] @ go[i]  # [Cin,L]
+                h = wkt[ta, tb] @ go[i]  # [Cin,n]
                 if need_x:
-                    fl.window(gxf, toff)[i].addcmul_(h, K[i])
+                    gxf[i, :, lo:lo + n].addcmul_(h, K[i])
                 if need_w:
                     gwk[ta, tb].addmm_(go[i], (x_o[i] * K[i]).t())
                 if gK is not None:
@@ -206,32 +217,35 @@ def _pac_flat_backward(grad_out, x, guide, weight, log_sigma, padding, dilation,
                 continue
             gy = go[i] if K is None else go[i] * K[i]  # dL/dy_o = g K (centre tap: K = 1)
             if need_x:
-                fl.window(gxf, toff)[i].addmm_(wkt[ta, tb], gy)
+                gxf[i, :, lo:lo + n].addmm_(wkt[ta, tb], gy)
             if need_w:
                 gwk[ta, tb].addmm_(gy, x_o[i].t())
             if gK is not None:  # per-filter K: dL/dK = g * (W_o x_o), one more GEMM
                 torch.mul(go[i], wk[ta, tb] @ x_o[i], out=gK[i])
         return gK
 
-    tap_grads(c, c, fl.centre, None)  # centre tap: K = 1, no kernel gradient
-    for (a, b, off), (a2, b2, off2), s in _tap_pairs(fl):
-        diff, E, Kx = _pair_kernel(gf, fl, s, coef)  # [B,D,L+s], [B,1,L+s], [B,S,L+s]
-        GE = torch.zeros_like(E) if need_g else None  # dL/dE [B,1,L+s]
-        for (ta, tb, toff), sl in (((a, b, off), slice(s, s + L)), ((a2, b2, off2), slice(0, L))):
-            K = Kx[..., sl]
-            gK = tap_grads(ta, tb, toff, K)
-            if gK is None:
-                continue
-            gKK = gK.mul_(K)  # dL/d(coef * E) [B,S,L]
-            if need_s:
-                gcoef += (gKK * E[..., sl]).sum(dim=(0, 2), keepdim=True)
+    pairs = _tap_pairs(fl)
+    for q0, n in fl.chunks(2 * (Cin + Cout) + guide.shape[1]):
+        go = go_all[:, :, q0:q0 + n]  # [B,Cout,n]
+        tap_grads(c, c, fl.centre + q0, go, None)  # centre tap: K = 1, no kernel gradient
+        for (a, b, off), (a2, b2, off2), s in pairs:
+            diff, E, Kx = _pair_kernel(gf, fl, s, q0, n, coef)  # [B,D,n+s], [B,1,n+s], [B,S,n+s]
+            GE = torch.zeros_like(E) if need_g else None  # dL/dE [B,1,n+s]
+            for (ta, tb, toff), sl in (((a, b, off), slice(s, s + n)), ((a2, b2, off2), slice(0, n))):
+                K = Kx[..., sl]
+                gK = tap_grads(ta, tb, toff + q0, go, K)
+                if gK is None:
+                    continue
+                gKK = gK.mul_(K)  # dL/d(coef * E) [B,S,n]
+                if need_s:
+                    gcoef += (gKK * E[..., sl]).sum(dim=(0, 2), keepdim=True)
+                if need_g:
+                    GE[..., sl] += (gKK * coef).sum(dim=1, keepdim=True)
             if need_g:
-                GE[..., sl] += (gKK * coef).sum(dim=1, keepdim=True)
-        if need_g:
-            gdiff = diff.mul_(GE.mul_(2.0))  # dL/d(f_r - f_{r+s}) [B,D,L+s]
-            start = fl.centre - s
-            ggf[:, :, start:start + L + s] += gdiff
-            ggf[:, :, fl.centre:fl.centre + L + s] -= gdiff
+                gdiff = diff.mul_(GE.mul_(2.0))  # dL/d(f_r - f_{r+s}) [B,D,n+s]
+                start = fl.centre - s + q0
+                ggf[:, :, start:start + n + s] += gdiff
+                ggf[:, :, start + s:start + 2 * s + n] -= gdiff
     gx = fl.unpad(gxf) if need_x else None
     gg = fl.unpad(ggf) if need_g else None
     gw = gwk.permute(2, 3, 0, 1).contiguous() if need_w else None
