@@ -42,6 +42,7 @@ count of the suppressed repeats and counted in /diagnostics.
 """
 from __future__ import annotations
 
+import array
 import math
 import threading
 import time
@@ -141,8 +142,9 @@ def check_parameter(name: str, value: Any) -> str | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif isinstance(d, str):
         ok = isinstance(value, str)
-    else:  # integer array
-        ok = isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    else:  # integer array (rclpy hands runtime updates over as array.array('q'))
+        ok = isinstance(value, (list, tuple, array.array)) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                   for x in value)
     if not ok:
         return f"{name}: expected {type(d).__name__}, got {value!r}"
     reason = spec.check(value) if spec.check else None
