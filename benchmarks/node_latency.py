@@ -20,8 +20,8 @@ Share of time outside the networks (target <= 10 %):
     outside_node = 1 - network_ms / time_ms.total             (decode, pre/post-processing, cloud, publish)
 
 Models (randomly initialised; weights do not change the cost): resnet18, resnet18_sg (ESPNet +
-PAC guidance), mobilenetv2_sg, mobilenetv2_sg_compact (no MobileNetV2 head, narrow decoder, half-
-width pose net). Checkpoints and the ONNX export cache live in runs/bench/node_latency/ so reruns
+PAC guidance), mobilenetv2_sg, mobilenetv2_sg_compact (no MobileNetV2 1280-ch head, narrow decoder, half-
+width pose net; MobileNetV2 up to its 320-ch block 17). Checkpoints and the ONNX export cache live in runs/bench/node_latency/ so reruns
 skip the export (its one-off cost shows up as the node's start-up time).
 
 --quick: 2 runs (mobilenetv2_sg_compact on torch and on onnxruntime), 1 warm-up + 5 frames.
@@ -48,7 +48,7 @@ MODELS = {
     "resnet18_sg": ("training/configs/synthetic_resnet18_sg.yaml", []),
     "mobilenetv2_sg": ("training/configs/synthetic_mobilenetv2_sg.yaml", []),
     "mobilenetv2_sg_compact": ("training/configs/synthetic_mobilenetv2_sg.yaml",
-                               ["model.mobilenet_head=false", "model.decoder_channels=[16,24,32,48,64]",
+                               ["model.mobilenet_last_block=17", "model.decoder_channels=[16,24,32,48,64]",
                                 "model.pose_width=0.5"]),
 }
 BACKENDS = ("torch", "onnxruntime")
@@ -62,10 +62,17 @@ STAGE_WINDOW = 50  # semdepth_ros.node.StageTimes keeps the last 50 samples per 
 # ------------------------------------------------------------------------------------ checkpoints
 def build_checkpoint(model: str, out_dir: Path, seed: int = 0) -> Path:
     """A randomly initialised checkpoint of `model` (cached: rebuilt only when missing)."""
+    import torch
+
     path = out_dir / f"{model}.pt"
     if path.is_file():
-        return path
-    import torch
+        from semdepth_core.config import ConfigError, config_from_dict
+
+        try:  # reuse only while the config schema still accepts it
+            config_from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+            return path
+        except (ConfigError, KeyError, RuntimeError, ValueError):
+            path.unlink()
 
     from semdepth_core.checkpoint import save_checkpoint
     from semdepth_core.config import config_to_dict, load_config
