@@ -370,8 +370,9 @@ class PacConv2d(nn.Module):
     sigma_mode="layer" (the default) learns one sigma per layer; "filter" learns one sigma per
     output filter, the literal reading of §4.1. The default is "layer" because a kernel map shared
     by all output channels is computed once per offset ([B,1,H,W]) and factors onto the input
-    side in backward, whereas per-filter sigma needs Cout kernel maps per offset ([B,Cout,H,W])
-    and an extra projection in backward (Cout x more exp/mul work, roughly 1.5x the GEMMs).
+    side in backward (2 GEMMs per tap, as many as nn.Conv2d's backward), whereas per-filter sigma
+    needs Cout kernel maps per offset ([B,Cout,H,W]: Cout x more exp/mul work) and a third GEMM
+    per tap in backward to get dL/dK.
     sigma is parametrised as log sigma so it stays positive.
     """
 
