@@ -5,9 +5,8 @@
 1. Semantic pre-training: an ESPNet (initialised from the Cityscapes weights, or from scratch with
    --semantic-init scratch) is trained with pixel-wise cross-entropy on the GT trainId maps
    (255 = ignore) of OTHER synthetic drives (seeds 301-303; held-out seed 311 for its pixel
-   accuracy / mIoU) at the depth network's 320x96 input, then saved as a state_dict that
-   `model.semantic.weights` loads. `training.train_semantic` is not in the repository, so this
-   minimal step lives here.
+   accuracy / mIoU) at the depth network's 320x96 input by `training.train_semantic`; its
+   checkpoint is what `model.semantic.weights` loads.
 2. Three depth runs through `training.train.main`, identical data/budget/seed (runs/bench/guided_vs_baseline/):
      baseline        training/configs/synthetic_resnet18.yaml
      guided          training/configs/synthetic_resnet18_sg.yaml, frozen synthetic-trained ESPNet  ("CS, D"-like)
@@ -53,6 +52,7 @@ QUICK_SEMANTIC_MIN = 0.5
 SEMANTIC_TRAIN_SEEDS = (301, 302, 303)
 SEMANTIC_VAL_SEEDS = (311,)
 BAND_PX = 3
+SEMANTIC_CONFIG = REPO / "training" / "configs" / "default_semantic.yaml"
 CITYSCAPES_ESPNET = REPO.parent / "shared" / "data" / "espnet_cityscapes" / "espnet_p2_q8_cityscapes.pth"
 BASELINE_CFG = CONFIGS / "synthetic_resnet18.yaml"
 GUIDED_CFG = CONFIGS / "synthetic_resnet18_sg.yaml"
@@ -87,106 +87,35 @@ def boundary_band_mask(labels: np.ndarray, radius: float = BAND_PX) -> np.ndarra
     return dist <= radius
 
 
-def segmentation_scores(conf: np.ndarray) -> dict:
-    """Pixel accuracy and mean IoU (over classes present in GT) from a confusion matrix [gt, pred]."""
-    conf = np.asarray(conf, dtype=np.float64)
-    tp = np.diag(conf)
-    gt_n, pred_n = conf.sum(1), conf.sum(0)
-    present = gt_n > 0
-    iou = tp[present] / np.maximum(gt_n[present] + pred_n[present] - tp[present], 1)
-    total = conf.sum()
-    return {"pixel_acc": float(tp.sum() / total) if total else float("nan"),
-            "miou": float(iou.mean()) if iou.size else float("nan"), "classes": int(present.sum())}
+def train_semantic(out_dir: Path, train_roots: list[Path], val_roots: list[Path], budget_min: float,
+                   init: str = "cityscapes", seed: int = 0) -> dict:
+    """The guidance net: `training.train_semantic` (ESPNet, §5.2 recipe at the depth net's input scale,
+    training/configs/default_semantic.yaml) on other drives' GT labels for `budget_min` minutes.
 
-
-# ============================================================================ semantic pre-training
-
-def _load_semantic_frames(roots: list[Path], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every cam-2 frame of the drives: RGB float [N,3,h,w] in [0,1] and trainIds [N,h,w] (255 ignore)."""
-    import cv2
-
-    from semdepth_core.data.kitti import find_drives
-
-    rgbs, labs = [], []
-    for root in roots:
-        for drive in find_drives(root):
-            for img in sorted((drive / "image_02" / "data").glob("*.png")):
-                sem = drive / "semantic" / "image_02" / img.name
-                if not sem.is_file():
-                    continue
-                rgb = cv2.imread(str(img), cv2.IMREAD_COLOR)[..., ::-1]
-                lab = cv2.imread(str(sem), cv2.IMREAD_UNCHANGED)
-                rgbs.append(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
-                labs.append(cv2.resize(lab, (width, height), interpolation=cv2.INTER_NEAREST))
-    if not rgbs:
-        raise RuntimeError(f"no semantic labels under {roots}")
-    rgb = np.stack(rgbs).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    return rgb, np.stack(labs).astype(np.int64)
-
-
-def train_semantic(out_path: Path, train_roots: list[Path], val_roots: list[Path], budget_min: float,
-                   init: str = "cityscapes", height: int = 96, width: int = 320, batch: int = 8,
-                   lr: float = 5e-4, seed: int = 0) -> dict:
-    """Train ESPNet with cross-entropy on synthetic GT labels for `budget_min`; save its state_dict.
-
-    Reused when OUT_PATH and its meta JSON exist with at least this budget.
+    init "cityscapes" starts from the shared Cityscapes weights ("CS"), "scratch" from random weights.
+    Reused when OUT_DIR/meta.json records at least this budget with the same init.
     """
-    import torch
-    import torch.nn.functional as F
+    from training import train_semantic as ts
 
-    from semdepth_core.config import SemanticConfig
-    from semdepth_core.data.labels import IGNORE
-    from semdepth_core.nets.semantic import build_semantic_net
-
-    out_path = Path(out_path)
-    meta_path = out_path.with_suffix(".json")
-    if out_path.is_file() and meta_path.is_file():
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("budget_min", 0) >= budget_min - 1e-9 and meta.get("init") == init:
-            print(f"[bench] reusing semantic net {out_path}")
+        if meta.get("budget_min", 0) >= budget_min - 1e-9 and meta.get("init") == init and Path(meta["weights"]).is_file():
+            print(f"[bench] reusing semantic net {meta['weights']}")
             return meta
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     weights = str(CITYSCAPES_ESPNET) if init == "cityscapes" else ""
     if weights and not Path(weights).is_file():
         raise SystemExit(f"error: Cityscapes ESPNet weights not found: {weights} (use --semantic-init scratch)")
-    net = build_semantic_net(SemanticConfig(enabled=True, arch="espnet", weights=weights))
-    x_tr, y_tr = _load_semantic_frames(train_roots, height, width)
-    x_va, y_va = _load_semantic_frames(val_roots, height, width)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    t0, steps, losses = time.monotonic(), 0, []
-    while (time.monotonic() - t0) / 60.0 < budget_min:
-        idx = rng.choice(len(x_tr), size=min(batch, len(x_tr)), replace=False)
-        x, y = torch.from_numpy(x_tr[idx]), torch.from_numpy(y_tr[idx])
-        if rng.random() < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        logits = net(x).logits
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        steps += 1
-        losses.append(float(loss))
-    train_s = time.monotonic() - t0
-    net.eval()
-    nc = net.num_classes
-    conf = np.zeros((nc, nc), dtype=np.int64)
-    with torch.no_grad():
-        for i in range(0, len(x_va), 8):
-            pred = net(torch.from_numpy(x_va[i:i + 8])).logits.argmax(1).numpy().ravel()
-            gt = y_va[i:i + 8].ravel()
-            ok = gt != IGNORE
-            conf += np.bincount(gt[ok] * nc + pred[ok], minlength=nc * nc).reshape(nc, nc)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, out_path)
-    meta = {"weights": str(out_path), "init": init, "budget_min": budget_min, "train_s": train_s, "steps": steps,
-            "batch": batch, "lr": lr, "train_frames": len(x_tr), "val_frames": len(x_va),
-            "first_loss": losses[0] if losses else None,
-            "last_loss_mean10": float(np.mean(losses[-10:])) if losses else None,
-            "val": segmentation_scores(conf)}
+    over = [f"data.roots={json.dumps([str(r) for r in train_roots])}",
+            f"data.val_roots={json.dumps([str(r) for r in val_roots])}",
+            f"train.out_dir={out_dir.parent}", f"train.name={out_dir.name}", f"train.max_minutes={budget_min}",
+            f"train.seed={seed}", "optim.iterations=1000000", f"semantic.weights={weights}"]
+    t0 = time.monotonic()
+    res = ts.train(ts.load_train_config(str(SEMANTIC_CONFIG), over))
+    meta = {"weights": res["checkpoint"], "init": init, "budget_min": budget_min,
+            "train_s": time.monotonic() - t0, "steps": res["iterations"],
+            "val": {"pixel_acc": res.get("pixel_acc"), "miou": res.get("miou")}}
     meta_path.write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -256,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = data_overrides(args.quick, args.frames, args.max_steps)
 
     # 1. semantic net on other drives
-    sem_path = root / "semantic" / "espnet_synthetic.pt"
+    sem_dir = root / "semantic"
     sem_train = drive_roots(BASELINE_CFG, overrides, SEMANTIC_TRAIN_SEEDS)
     sem_val = drive_roots(BASELINE_CFG, overrides, SEMANTIC_VAL_SEEDS)
-    sem = train_semantic(sem_path, sem_train, sem_val, sem_budget, init=args.semantic_init)
+    sem = train_semantic(sem_dir, sem_train, sem_val, sem_budget, init=args.semantic_init)
+    sem_path = Path(sem["weights"])
     print(f"[bench] semantic net: {sem['steps']} steps, held-out pixel acc {sem['val']['pixel_acc']:.3f}, "
           f"mIoU {sem['val']['miou']:.3f}")
 

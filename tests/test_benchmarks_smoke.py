@@ -101,15 +101,6 @@ def test_band_masked_gt_scores_only_the_band():
     assert m["abs_rel"] == pytest.approx(0.2) and m["num_pixels"] == band.sum()
 
 
-def test_segmentation_scores():
-    conf = np.array([[8, 2, 0], [0, 10, 0], [0, 0, 0]])
-    s = gvb.segmentation_scores(conf)
-    assert s["pixel_acc"] == pytest.approx(0.9) and s["classes"] == 2
-    assert s["miou"] == pytest.approx((8 / 10 + 10 / 12) / 2)
-
-
-# ---------------------------------------------------------------- two-stage helpers
-
 def test_precision_recall():
     r = tss.precision_recall([1, 1, 0, 0, 1], [1, 0, 1, 0, 1])
     assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (2, 1, 1, 1)
