@@ -107,7 +107,8 @@ def read_log(run_dir: Path) -> dict:
                          "unscaled_abs_rel": rec["val"].get("unscaled", {}).get("abs_rel")})
         elif "total" in rec:
             ips = rec.get("images_per_s") or 0.0
-            wall += batch / ips if ips > 0 else 0.0
+            # elapsed training time as the trainer logs it (older logs: sum of per-step durations)
+            wall = rec["elapsed_s"] if "elapsed_s" in rec else wall + (batch / ips if ips > 0 else 0.0)
             steps.append({"step": rec["step"], "epoch": rec.get("epoch"), "wall_s": wall, "loss": rec["total"],
                           "photometric": rec.get("photometric"), "velocity": rec.get("velocity"),
                           "images_per_s": ips})
@@ -125,9 +126,8 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
     """Train (or continue) one run through `training.train.main` with a wall-clock budget.
 
     A run whose marker says it finished under at least this budget is reused. Otherwise it is
-    (re)started with `--resume auto` and max_minutes = budget minus the training time already in its
-    log (train.max_minutes counts from each invocation's start, so a plain resume would restart
-    the whole budget).
+    (re)started with `--resume auto` and max_minutes = the whole budget: the trainer checkpoints
+    its elapsed training time, so a resumed run only uses what is left.
     """
     from training import train
 
@@ -141,20 +141,15 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
         if done.get("budget_min", 0) >= budget_min - 1e-9 or done.get("event") == "done":
             print(f"[bench] reusing finished run {run_dir}")
             return done
-    used_min = read_log(run_dir)["steps"][-1]["wall_s"] / 60.0 if read_log(run_dir)["steps"] else 0.0
-    if not (run_dir / "last.ckpt").is_file():
-        used_min = 0.0
-    remaining = budget_min - used_min
     t0 = time.monotonic()
-    if remaining > 0.02:
-        argv = ["--config", str(config), *sets(overrides),
-                "--set", f"train.out_dir={run_dir.parent}", "--set", f"train.name={run_dir.name}",
-                "--set", f"train.max_minutes={remaining:.4f}", "--set", "train.tensorboard=false",
-                "--resume", "auto"]
-        print(f"[bench] training {run_dir} for {remaining:.2f} min: python -m training.train {' '.join(argv)}")
-        rc = train.main(argv)
-        if rc != 0:
-            raise RuntimeError(f"training {run_dir} failed (exit {rc})")
+    argv = ["--config", str(config), *sets(overrides),
+            "--set", f"train.out_dir={run_dir.parent}", "--set", f"train.name={run_dir.name}",
+            "--set", f"train.max_minutes={budget_min:.4f}", "--set", "train.tensorboard=false",
+            "--resume", "auto"]
+    print(f"[bench] training {run_dir} (budget {budget_min:.2f} min in all): python -m training.train {' '.join(argv)}")
+    rc = train.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"training {run_dir} failed (exit {rc})")
     events = read_log(run_dir)["events"]
     done = {"budget_min": budget_min, "event": events[-1]["event"] if events else "",
             "message": events[-1].get("message", "") if events else "",
