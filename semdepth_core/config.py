@@ -70,6 +70,7 @@ class SemanticConfig:
     num_classes: int = 20
     finetune: bool = False  # Table 3 "D+S": also fine-tune the semantic net on the depth task
     pretrained_backbone: str = ""  # ImageNet encoder weights for the FPN backbone
+    input_scale: float = 1.0  # the semantic net sees the depth input resized by this (ESPNet CS on KITTI 640x192: 2)
 
 
 @dataclass
@@ -251,6 +252,8 @@ def _validate_ranges(cfg: Config) -> None:
         ("model.decoder_channels", len(cfg.model.decoder_channels) == 5 and min(cfg.model.decoder_channels) > 0,
          "must list 5 positive widths (strides 1, 2, 4, 8, 16)"),
         ("model.pose_width", 0 < cfg.model.pose_width <= 4, "must be in (0, 4]"),
+        ("model.semantic.input_scale", 0.25 <= cfg.model.semantic.input_scale <= 4,
+         "must be in [0.25, 4]"),
         ("model.mobilenet_last_block", cfg.model.mobilenet_last_block in (16, 17, 18), "must be 16, 17 or 18"),
         ("loss.ssim_alpha", 0.0 <= cfg.loss.ssim_alpha <= 1.0, "must be in [0, 1]"),
         ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),

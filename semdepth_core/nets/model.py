@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from semdepth_core.config import ModelConfig
 
@@ -104,13 +105,29 @@ class DepthModel(nn.Module):
 
     # forward --------------------------------------------------------------------------------
     def run_semantic(self, rgb01: torch.Tensor):
-        """The semantic net's SemanticOutput (no_grad when frozen), or None without one."""
+        """The semantic net's SemanticOutput (no_grad when frozen), or None without one.
+
+        With `semantic.input_scale` s != 1 the net sees the image resized by s (a net trained on
+        Cityscapes at 1024x512 needs about 2x on KITTI at 640x192, where objects are ~3x smaller in
+        pixels); its features are resized back to strides 2/4/8 of the depth input and its logits
+        to the input size, so guidance and the semantic output keep their shapes.
+        """
         if self.semantic is None:
             return None
-        if self.semantic_frozen:
-            with torch.no_grad():
-                return self.semantic(rgb01)
-        return self.semantic(rgb01)
+        scale = float(self.cfg.semantic.input_scale)
+        x = rgb01
+        if scale != 1.0:
+            h, w = rgb01.shape[-2:]
+            x = F.interpolate(rgb01, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.semantic_frozen):
+            out = self.semantic(x)
+        if scale == 1.0:
+            return out
+        h, w = rgb01.shape[-2:]
+        feats = [F.interpolate(f, size=(h // s, w // s), mode="bilinear", align_corners=False)
+                 for f, s in zip(out.features, self.semantic.feature_strides)]
+        logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
+        return type(out)(logits, feats)
 
     def forward(self, rgb01: torch.Tensor) -> dict[str, object]:
         check_rgb_input(rgb01, f"DepthModel({self.depth_net_name})")
