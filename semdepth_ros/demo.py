@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_output")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--backend", default="auto")
-    p.add_argument("--scale-mode", default="model", choices=["none", "model", "odometry", "fixed"])
+    p.add_argument("--scale-mode", default="odometry", choices=["none", "model", "odometry", "fixed"],
+                   help="metric scale (default odometry: the bag's OXTS speed and the pose network)")
     p.add_argument("--rate", type=float, default=0.5, help="replay rate (1 = real time)")
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args(argv)
