@@ -19,6 +19,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or of another architecture."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, writer) -> None:
     """Call `writer(fileobj)` on a temp file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
@@ -29,6 +35,7 @@ def atomic_write_bytes(path: str | Path, writer) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are 0600; give the usual permissions
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

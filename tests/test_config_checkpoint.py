@@ -204,3 +204,11 @@ def test_issue_configs_are_shipped():
               "kitti_packnet_sg", "kitti_resnet18_sg", "synthetic_resnet18_sg", "synthetic_mobilenetv2_sg",
               "synthetic_segdepth_resnet18", "kitti_segdepth_resnet18", "synthetic_resnet18_velocity"]:
         assert n in names, n
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    path = tmp_path / "p.ckpt"
+    save_checkpoint(path, _payload())
+    old = os.umask(0o022)
+    os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~old
