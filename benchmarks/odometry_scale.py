@@ -98,8 +98,8 @@ def run_mode(mode: str, ckpt: Path, bag: Path, stamps: np.ndarray, drive: Path, 
             pass
         cli.spin_for(1.0)
         diag = cli.fresh_diag(time.monotonic(), count=2)
-        # only statuses issued after a processed frame: before the first frame the node reports its
-        # initial scale.known True even in odometry mode
+        # only statuses issued after a processed frame (node versions before the scale.known fix
+        # reported True until the first frame even in odometry mode)
         known_t = next((t for t, d in cli.diags if d.get("scale.known") == "True"
                         and int(d.get("frames_processed", 0)) > 0), None)
         index = {int(s): i for i, s in enumerate(stamps)}

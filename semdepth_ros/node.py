@@ -324,6 +324,8 @@ def _make_node_class():
             changed = {prm.name for prm in params}
             if changed & {"scale.mode", "scale.window", "scale.min_speed", "scale.outlier_ratio"}:
                 self._scale_reset_pending = True
+                new_mode = next((prm.value for prm in params if prm.name == "scale.mode"), self.p("scale.mode"))
+                self._scale_known = new_mode != "odometry"  # the reset drops the estimate
             if "error_log_period" in changed:
                 for prm in params:
                     if prm.name == "error_log_period":
@@ -360,6 +362,7 @@ def _make_node_class():
                 self.warn_log("scale", "scale.mode 'model' but the checkpoint was trained without velocity "
                               "supervision: its depth is not metric")
             self._reset_scale()
+            self._scale_known = self.p("scale.mode") != "odometry"  # no estimate before the first frame pair
             sensor = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in
                                    ("history", "depth", "reliability", "durability")})
             over = QoSOverridingOptions.with_default_policies()

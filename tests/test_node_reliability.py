@@ -10,6 +10,7 @@ tests/test_node.py, whose helpers are reused) serves the node tests in file orde
   (frames_skipped_no_subscribers), outputs resume;
 * (c) bad runtime parameter updates through /NS/depth_node/set_parameters are rejected with a
   reason and the node keeps serving; a good one (points.max_range) shows in the next cloud;
+  switching to scale.mode odometry reports the scale as unknown at once;
 * (d) 30 Hz input with slower inference for 15 s (a 10-minute variant is marked slow): RSS of
   the node process (/proc/PID/status VmRSS) bounded, served stamps increasing and each the
   latest frame at pick time, every received frame accounted for as processed or dropped.
@@ -354,6 +355,26 @@ def test_runtime_parameter_updates_are_validated(node, probe, frame):
     assert not np.isfinite(z3).any()
     assert probe.set_params(**{"points__exclude_labels": [10]})[0].successful  # restore for the later tests
     assert node.proc.poll() is None
+
+
+@pytest.mark.ros
+def test_switch_to_odometry_scale_reports_scale_unknown_until_estimated(node, probe, frame):
+    """scale.mode none -> odometry at runtime: /diagnostics says scale.known False at once (it used to
+    keep reporting True until the next frame), depth stays in model units without odometry; back to none."""
+    rgb, K = frame
+    TN._wait_serving(probe, node)
+    probe.send(rgb, 45_000, K)
+    ref = C.image_msg_to_array(probe.wait_output(45_000))
+    assert _fresh_diag(probe)["scale.known"] == "True"
+    assert probe.set_params(**{"scale__mode": "odometry"})[0].successful
+    d = _fresh_diag(probe)
+    assert d["scale.known"] == "False" and "metric scale not known yet" in d["_message"], d
+    for k in (1, 2):  # no odometry at all: the estimate stays unknown, depth unscaled
+        probe.send(rgb, 45_000 + k, K)
+        np.testing.assert_allclose(C.image_msg_to_array(probe.wait_output(45_000 + k)), ref, rtol=1e-5)
+    assert _fresh_diag(probe)["scale.known"] == "False"
+    assert probe.set_params(**{"scale__mode": "none"})[0].successful
+    assert _fresh_diag(probe)["scale.known"] == "True"
 
 
 def test_integer_array_parameter_accepts_rclpy_arrays():
