@@ -342,3 +342,22 @@ def test_ground_truth_geometry_beats_the_initial_prediction_and_gradients_reach_
     pose_grads = [p.grad.abs().sum().item() for p in pose_net.parameters() if p.grad is not None]
     assert depth_grads and sum(depth_grads) > 0, "no gradient reached the depth network"
     assert pose_grads and sum(pose_grads) > 0, "no gradient reached the pose network"
+
+
+def test_collapse_detector_warns_once(capsys):
+    """A constant depth map (smoothness exactly 0) for COLLAPSE_STEPS steps is reported once."""
+    from training.train import Trainer
+
+    t = Trainer.__new__(Trainer)  # only the detector's state is needed
+    t._flat_steps, t.is_main, t.global_step = 0, True, 0
+    flagged = []
+    for step in range(1, 2 * Trainer.COLLAPSE_STEPS + 1):
+        t.global_step = step
+        rec = {}
+        t._check_collapse({"smoothness": 0.0}, rec)
+        flagged.append(rec.get("collapse_warning", False))
+    assert flagged.count(True) == 1 and flagged.index(True) == Trainer.COLLAPSE_STEPS - 1
+    assert "collapsed" in capsys.readouterr().err
+    rec = {}
+    t._check_collapse({"smoothness": 0.01}, rec)
+    assert t._flat_steps == 0 and not rec

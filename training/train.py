@@ -352,6 +352,7 @@ class Trainer:
         self.best_abs_rel = math.inf
         self.skipped_steps = 0
         self.elapsed_before = 0.0  # training seconds spent by earlier (resumed) invocations
+        self._flat_steps = 0  # consecutive steps with a constant depth map (collapse detector)
         self._start_time: float | None = None
         self.stop_reason = ""
         if resume is not None:
@@ -469,6 +470,23 @@ class Trainer:
         values = {k: float(v.detach()) for k, v in losses.items()}
         return values, ok, {"inv_depth": outputs["inv_depths"][0][:1].detach(), "rgb": batch["rgb"][:1]}
 
+    COLLAPSE_STEPS = 20
+
+    def _check_collapse(self, values: dict, record: dict) -> None:
+        """Warn once when the depth map has collapsed to a constant (smoothness exactly 0 for many steps).
+
+        A saturated inverse-depth sigmoid gives no gradient and never recovers; seen here when a
+        ResNet-18 is trained from scratch (no ImageNet weights). Restart with pretrained encoder
+        weights or a lower learning rate.
+        """
+        self._flat_steps = self._flat_steps + 1 if values.get("smoothness", 1.0) == 0.0 else 0
+        if self._flat_steps == self.COLLAPSE_STEPS:
+            record["collapse_warning"] = True
+            if self.is_main:
+                print(f"warning: step {self.global_step}: the depth output has been constant for "
+                      f"{self.COLLAPSE_STEPS} steps (collapsed, saturated sigmoid); this run will not recover — "
+                      "use pretrained encoder weights (model.pretrained) or a lower optim.depth_lr", file=sys.stderr)
+
     # ---------------------------------------------------------------- loops
     def _budget_exhausted(self, start_time: float) -> bool:
         """max_steps / max_minutes reached (decided on rank 0 and shared, so every process stops together)."""
@@ -521,6 +539,7 @@ class Trainer:
                 if self.is_main:
                     print(f"warning: step {self.global_step}: non-finite loss {values['total']}, "
                           f"optimizer step skipped ({self.skipped_steps} so far)", file=sys.stderr)
+            self._check_collapse(values, record)
             if self.is_main:
                 self.log(record)
                 bar.update(1)
