@@ -191,6 +191,8 @@ class Client:
                 return
             if alive is not None and not alive():
                 raise RuntimeError(f"node exited while waiting for {what}")
+            if self.diags and self.diags[-1][1].get("_level") in (b"\x02", 2):  # ERROR: e.g. model load failed
+                raise RuntimeError(f"node reports ERROR while waiting for {what}: {self.diags[-1][1]['_message']}")
             self.ex.spin_once(timeout_sec=0.02)
         if not cond():
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
