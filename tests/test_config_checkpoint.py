@@ -186,7 +186,7 @@ def test_unwritable_directory_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
-    if path.stem.endswith("_semantic"):  # semantic-net training configs (training.train_semantic)
+    if path.stem.endswith("_semantic") or path.stem.startswith("semantic_"):  # training.train_semantic configs
         from training.train_semantic import load_train_config
 
         sem = load_train_config(str(path), ["data.roots=[placeholder]"])
