@@ -35,6 +35,14 @@ ESPNET = SHARED / "espnet_cityscapes" / "espnet_p2_q8_cityscapes.pth"
 
 RUNS = {
     "baseline": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET)}},
+    # the same with velocity supervision from the OXTS speed (weight 0.1): metric scale, and, here,
+    # the difference between collapsing to a constant depth and learning (see docs/results.md)
+    "baseline_velocity": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET)},
+                          "loss": {"velocity_weight": 0.1}},
+    "guided_velocity": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET), "guidance": True,
+                                  "semantic": {"enabled": True, "arch": "espnet", "weights": str(ESPNET),
+                                               "input_scale": 3.0}},
+                        "loss": {"velocity_weight": 0.1}},
     "guided": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET), "guidance": True,
                          "semantic": {"enabled": True, "arch": "espnet", "weights": str(ESPNET),
                                       "input_scale": 3.0}}},  # ESPNet sees ~960x288 (trained at 1024x512)
