@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.common import REPO, machine_info, print_table, write_result  # noqa: F401
 
 WORK = REPO / "runs" / "bench" / "node_latency"

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.common import REPO, print_table, write_result
 from benchmarks.node_latency import Client, NodeProc, build_checkpoint, node_command, ros_env
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,16 @@ def test_combined_root_links_drives(tmp_path):
     assert sorted(p.name for p in out.glob("*/*_drive_*_sync") if p.is_dir()) == names[:2]
     ts.combined_root([tmp_path / "r1"], tmp_path / "all")  # rebuilt, the linked drives untouched
     assert (tmp_path / "r2" / "2030_01_01" / "2030_01_01_drive_0002_sync").is_dir()
+
+
+def test_every_benchmark_runs_as_a_script():
+    """`python benchmarks/NAME.py --help` works from the repository root (how the README runs them)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    for script in sorted((root / "benchmarks").glob("*.py")):
+        if script.name in ("common.py", "__init__.py"):
+            continue
+        r = subprocess.run([sys.executable, str(script), "--help"], cwd=root, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, f"{script.name}: {r.stderr[-1500:]}"
