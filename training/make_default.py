@@ -69,6 +69,10 @@ def make_default(out: Path, quick: bool = False, work_dir: str | None = None,
         sem_metrics = train_semantic.train(train_semantic.load_train_config(str(SEMANTIC_CONFIG), over))
     else:
         print(f"reusing semantic net {sem_ckpt}")
+        log = sem_dir / "log.jsonl"
+        if log.is_file():  # its final validation, for the provenance record
+            vals = [json.loads(line) for line in log.read_text().splitlines() if '"pixel_acc"' in line]
+            sem_metrics = vals[-1] if vals else {}
 
     # 3. depth + pose, guided by the frozen semantic net (resumes an interrupted run)
     t0 = time.time()
@@ -92,7 +96,7 @@ def make_default(out: Path, quick: bool = False, work_dir: str | None = None,
         "depth_seed": cfg.train.seed, "train_seeds": list(cfg.data.synthetic.train_seeds),
         "val_seeds": list(cfg.data.synthetic.val_seeds), "source_checkpoint": src.name,
         "semantic_val": {k: v for k, v in sem_metrics.items() if isinstance(v, (int, float))},
-        "depth_steps": int(ckpt.get("global_step", 0)), "best_val_abs_rel": float(ckpt.get("best_abs_rel", float("nan"))),
+        "depth_budget_minutes": cfg.train.max_minutes, "depth_steps": int(ckpt.get("global_step", 0)), "best_val_abs_rel": float(ckpt.get("best_abs_rel", float("nan"))),
         "depth_train_seconds_this_call": round(time.time() - t0, 1),
     }
     slim = slim_checkpoint(ckpt, half=True, provenance=provenance)
