@@ -68,12 +68,15 @@ def semantic_overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) ->
     return (alpha * col + (1 - alpha) * rgb.astype(np.float32)).astype(np.uint8)
 
 
-def depth_strip(rgb: np.ndarray, depth: np.ndarray, labels: np.ndarray | None, max_depth: float = 80.0) -> np.ndarray:
-    """input | colourised depth + scale bar | semantic overlay, side by side (RGB uint8)."""
+def depth_strip(rgb: np.ndarray, depth: np.ndarray, labels: np.ndarray | None, max_depth: float = 80.0,
+                min_depth: float = 3.0) -> np.ndarray:
+    """input | colourised depth + scale bar | semantic overlay, side by side (RGB uint8).
+
+    A fixed colour range (min_depth..max_depth metres, inverse-depth spacing) so frames compare."""
     h, w = rgb.shape[:2]
     if depth.shape != (h, w):
         depth = cv2.resize(depth.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
-    parts = [rgb, colorize_depth(depth, max_depth), depth_scale_bar(h, max_depth)]
+    parts = [rgb, colorize_depth(depth, max_depth, min_depth), depth_scale_bar(h, max_depth, min_depth)]
     if labels is not None:
         parts.append(semantic_overlay(rgb, labels))
     return np.concatenate(parts, axis=1)
