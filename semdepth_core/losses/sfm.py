@@ -9,7 +9,8 @@ from semdepth_core.config import LossConfig
 from semdepth_core.geometry.camera import resize_intrinsics
 from semdepth_core.geometry.se3 import pose_vec_to_mat
 from semdepth_core.geometry.warp import view_synthesis
-from semdepth_core.losses.reprojection import min_reprojection_loss
+from semdepth_core.losses.photometric import photometric_loss
+from semdepth_core.losses.reprojection import identity_reprojection_loss, min_reprojection_loss
 from semdepth_core.losses.smoothness import smoothness_loss
 from semdepth_core.losses.velocity import velocity_loss
 
@@ -53,29 +54,46 @@ class SfmLoss(nn.Module):
         T_ctx_tgt = pose_vec_to_mat(pose_vecs.reshape(B * N, 6)).reshape(B, N, 4, 4)
 
         photo_terms, smooth_terms, masked_fractions = [], [], []
-        for s in range(num_scales):
-            inv_depth = inv_depths[s]  # [B,1,h,w]
-            h, w = inv_depth.shape[-2:]
-            if cfg.upsample_scales:
-                # Monodepth2: warp at full resolution with the upsampled inverse depth
-                inv_full = _resize(inv_depth, (H, W))  # [B,1,H,W]
-                tgt_s, ctx_s, K_s = target, [contexts[:, j] for j in range(N)], K
-            else:
-                inv_full = inv_depth
+        if cfg.upsample_scales:
+            # Monodepth2: every scale's inverse depth is upsampled and warps at full resolution, so
+            # all S scales x N contexts are warped and compared in one batched call each, and the
+            # (scale-independent) identity losses of the auto-mask are computed once.
+            S = num_scales
+            inv_full = torch.cat([_resize(inv_depths[s], (H, W)) for s in range(S)], 0)  # [S*B,1,H,W]
+            depth = (1.0 / inv_full.clamp(min=1e-6)).repeat(N, 1, 1, 1)  # [N*S*B,1,H,W], context-major
+            src = contexts.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 3, H, W)
+            T = T_ctx_tgt.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 4, 4)
+            Ks = K.repeat(N * S, 1, 1)
+            # border padding as in Monodepth2: out-of-view pixels repeat the edge instead of turning black
+            warped, _ = view_synthesis(src, depth, T, Ks, padding_mode="border")  # [N*S*B,3,H,W]
+            reproj = photometric_loss(warped, target.repeat(N * S, 1, 1, 1), cfg.ssim_alpha)  # [N*S*B,1,H,W]
+            reproj = reproj.reshape(N, S, B, H, W).permute(1, 2, 0, 3, 4)  # [S,B,N,H,W]
+            ctx_list = [contexts[:, j] for j in range(N)]
+            identity = identity_reprojection_loss(target, ctx_list, cfg.ssim_alpha) if cfg.automask else None
+            for s in range(S):
+                loss_map, mask = min_reprojection_loss(
+                    target, [], None, automask=cfg.automask, min_reprojection=cfg.min_reprojection,
+                    alpha=cfg.ssim_alpha, identity_loss=identity, reprojection=reproj[s])
+                photo_terms.append(loss_map.mean())
+                masked_fractions.append(1.0 - mask.float().mean())
+        else:
+            for s in range(num_scales):
+                h, w = inv_depths[s].shape[-2:]
                 tgt_s = _resize(target, (h, w))
                 ctx_s = [_resize(contexts[:, j], (h, w)) for j in range(N)]
                 K_s = resize_intrinsics(K, (W, H), (w, h))
-            depth = 1.0 / inv_full.clamp(min=1e-6)  # [B,1,H,W]
-            # border padding as in Monodepth2: out-of-view pixels repeat the edge instead of turning black
-            warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border")[0] for j in range(N)]
-            loss_map, mask = min_reprojection_loss(
-                tgt_s, warped, ctx_s, automask=cfg.automask,
-                min_reprojection=cfg.min_reprojection, alpha=cfg.ssim_alpha,
-            )
-            photo_terms.append(loss_map.mean())
-            masked_fractions.append(1.0 - mask.float().mean())
-
-            image_s = _resize(target, (h, w))  # [B,3,h,w]
+                depth = 1.0 / inv_depths[s].clamp(min=1e-6)  # [B,1,h,w]
+                warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border")[0]
+                          for j in range(N)]
+                loss_map, mask = min_reprojection_loss(
+                    tgt_s, warped, ctx_s, automask=cfg.automask,
+                    min_reprojection=cfg.min_reprojection, alpha=cfg.ssim_alpha,
+                )
+                photo_terms.append(loss_map.mean())
+                masked_fractions.append(1.0 - mask.float().mean())
+        for s in range(num_scales):  # Eq. 3 on each scale's own inverse depth, weight 1/2^s
+            inv_depth = inv_depths[s]  # [B,1,h,w]
+            image_s = _resize(target, inv_depth.shape[-2:])  # [B,3,h,w]
             smooth_terms.append(smoothness_loss(inv_depth, image_s) / (2 ** s))
 
         photometric = torch.stack(photo_terms).mean()
