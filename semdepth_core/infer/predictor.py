@@ -199,18 +199,17 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-# Default CPU backend for `auto`, decided by benchmarks/backends.py --quick (real KITTI frame in,
-# 640x192 network input, median end-to-end predict latency, 2-core AMD EPYC shared with other jobs,
-# torch 2.13 CPU vs onnxruntime 1.31 CPUExecutionProvider, both on 2 threads; 2026-11-21,
-# benchmarks/results/backends_quick.json):
-#   resnet18 guided (ESPNet + PAC):     torch 4748 ms   onnxruntime 1602 ms  (3.0x)
-#   mobilenetv2 guided (ESPNet + PAC):  torch 4410 ms   onnxruntime 1452 ms  (3.0x)
-# The full run (benchmarks/results/backends.json, 1 warm-up + 3 reps) agrees at 640x192:
-#   resnet18 guided 5768 vs 1540 ms, mobilenetv2 guided 1997 vs 615 ms, resnet18 5671 vs 899 ms,
-# and onnxruntime is also faster in every 1248x384 cell (e.g. resnet18 guided 10505 vs 6787 ms).
-# => ONNX Runtime. Its one-off cost is the export on first use (~20-25 s here), cached on disk
-# by checkpoint sha256 and input size (see backends/onnxruntime_backend.py).
-CPU_DEFAULT_BACKEND = "onnxruntime"
+# Default CPU backend for `auto`: the faster of torch eager and ONNX Runtime at 640x192, as measured
+# by benchmarks/backends.py (real KITTI frame in, median end-to-end predict latency, 2 threads).
+# Measured on an otherwise idle 2-core machine (load 0.9), torch 2.13 vs onnxruntime 1.31, after
+# PacConv2d's tiled stride-1 path landed (benchmarks/results/backends_quick.json, 2026-11-21 12:28):
+#   resnet18 guided (ESPNet + PAC):     torch 238 ms   onnxruntime 278 ms
+#   mobilenetv2 guided (ESPNet + PAC):  torch 167 ms   onnxruntime 238 ms
+# Inside the running node (benchmarks/node_latency.py) torch was also faster in every config.
+# (Earlier runs under load 7-9, with the first PAC implementation, had measured ONNX Runtime 3x
+# faster: the tiled PAC changed the balance, so re-measure when either side changes.)
+# => torch. ONNX Runtime remains one parameter away (backend: onnxruntime).
+CPU_DEFAULT_BACKEND = "torch"
 
 
 def resolve_backend(backend: str, device: str) -> str:
