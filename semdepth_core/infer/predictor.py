@@ -200,16 +200,16 @@ def tensorrt_available() -> tuple[bool, str]:
 
 
 # Default CPU backend for `auto`: the faster of torch eager and ONNX Runtime at 640x192, as measured
-# by benchmarks/backends.py (real KITTI frame in, median end-to-end predict latency, 2 threads).
-# Measured on an otherwise idle 2-core machine (load 0.9), torch 2.13 vs onnxruntime 1.31, after
-# PacConv2d's tiled stride-1 path landed (benchmarks/results/backends_quick.json, 2026-11-21 12:28):
-#   resnet18 guided (ESPNet + PAC):     torch 238 ms   onnxruntime 278 ms
-#   mobilenetv2 guided (ESPNet + PAC):  torch 167 ms   onnxruntime 238 ms
-# Inside the running node (benchmarks/node_latency.py) torch was also faster in every config.
-# (Earlier runs under load 7-9, with the first PAC implementation, had measured ONNX Runtime 3x
-# faster: the tiled PAC changed the balance, so re-measure when either side changes.)
-# => torch. ONNX Runtime remains one parameter away (backend: onnxruntime).
-CPU_DEFAULT_BACKEND = "torch"
+# by benchmarks/backends.py (real KITTI frame in, median end-to-end predict latency, 2 threads,
+# torch 2.13 vs onnxruntime 1.31, tiled PacConv2d; benchmarks/results/backends.json, full run with
+# warm-up + 3 reps on a near-idle 2-core machine, 2026-11-21 12:29), total ms torch / onnxruntime:
+#   resnet18 guided (ESPNet + PAC)     273 / 211      mobilenetv2 guided     219 / 152
+#   resnet18 (unguided)                141 / 104      (and every 1248x384 cell also favours ORT)
+# => ONNX Runtime. The margin is ~20-30 % and noisy: a single --quick run minutes earlier and the
+# in-node measurements under load (benchmarks/node_latency.py) favoured torch. Re-measure on the
+# target machine; `backend: torch` is one parameter away. ORT's one-off cost is the export on first
+# use (~3 s here), cached on disk by checkpoint sha256 and input size.
+CPU_DEFAULT_BACKEND = "onnxruntime"
 
 
 def resolve_backend(backend: str, device: str) -> str:
