@@ -37,3 +37,24 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate_drive(root, frames=12, seed=7, width=320, height=96)
     return root
+
+
+def write_test_checkpoint(path: Path, overrides: dict, seed: int = 0) -> Path:
+    """A randomly initialised checkpoint of the architecture `overrides` describes (a partial config dict)."""
+    import torch
+
+    from semdepth_core.checkpoint import save_checkpoint
+    from semdepth_core.config import config_from_dict, config_to_dict
+    from semdepth_core.nets.model import build_models
+
+    cfg = config_from_dict(overrides)
+    torch.manual_seed(seed)
+    depth, pose = build_models(cfg.model, num_context=len(cfg.data.context))
+    save_checkpoint(path, {"config": config_to_dict(cfg), "depth_model": depth.state_dict(),
+                           "pose_net": pose.state_dict()})
+    return path
+
+
+# ResNet-18 + ESPNet semantic head at 192x64, random weights: the node tests' model
+TINY_NODE_MODEL = {"data": {"height": 64, "width": 192},
+                   "model": {"depth_net": "resnet18", "semantic": {"enabled": True, "arch": "espnet"}}}

@@ -212,3 +212,39 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     old = os.umask(0o022)
     os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_full_disk_mid_write_keeps_previous_checkpoint(tmp_path):
+    """ENOSPC while a checkpoint is written: the error surfaces, the previous file and no temp remain."""
+    import errno
+
+    from semdepth_core.checkpoint import atomic_write_bytes
+
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(path, _payload(1.0))
+
+    def full_disk(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as exc:
+        atomic_write_bytes(path, full_disk)
+    assert exc.value.errno == errno.ENOSPC
+    assert torch.all(load_checkpoint(path)["depth_model"]["weight"] == 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_training_output_on_a_full_disk_fails_early_with_the_path(tmp_path, monkeypatch):
+    """The trainer probes its output directory before any work; ENOSPC there is a clear error."""
+    import errno
+
+    from training.train import check_writable
+
+    def no_space(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(SystemExit) as exc:
+        check_writable(tmp_path / "run")
+    assert str(tmp_path / "run") in str(exc.value) and "not writable" in str(exc.value)
+    assert "No space left" in str(exc.value)

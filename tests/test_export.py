@@ -11,14 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from semdepth_core.checkpoint import save_checkpoint
-from semdepth_core.config import config_from_dict, config_to_dict
 from semdepth_core.export import onnx_export
 from semdepth_core.export.__main__ import main as export_main
 from semdepth_core.export.onnx_export import (CUSTOM_DOMAIN, CUSTOM_OP, export_onnx, pac_conv2d_numpy,
                                               pose_graph_path, read_metadata)
 from semdepth_core.infer.loading import load_models
-from semdepth_core.nets.model import build_models
 from semdepth_core.nets.pac import PacConv2d
 
 H, W = 96, 320
@@ -27,15 +24,12 @@ CH, CW = 64, 128  # custom-op graph size (small: the numpy reference evaluation 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = config_from_dict({"model": {"depth_net": "mobilenetv2", "guidance": True,
-                                      "semantic": {"enabled": True, "arch": "espnet"}},
-                            "data": {"height": H, "width": W}})
-    depth, pose = build_models(cfg.model, num_context=len(cfg.data.context))
-    path = tmp_path_factory.mktemp("ckpt") / "mbv2_guided.pt"
-    save_checkpoint(path, {"config": config_to_dict(cfg), "depth_model": depth.state_dict(),
-                           "pose_net": pose.state_dict()})
-    return path
+    from conftest import write_test_checkpoint
+
+    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / "mbv2_guided.pt",
+                                 {"model": {"depth_net": "mobilenetv2", "guidance": True,
+                                            "semantic": {"enabled": True, "arch": "espnet"}},
+                                  "data": {"height": H, "width": W}})
 
 
 @pytest.fixture(scope="module")

@@ -48,24 +48,10 @@ SOAK_MIN_SLOW = 10.0
 # ------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """ResNet-18 + ESPNet at 192x64, random weights (same recipe as tests/test_node.py)."""
-    import torch
+    """ResNet-18 + ESPNet at 192x64, random weights."""
+    from conftest import TINY_NODE_MODEL, write_test_checkpoint
 
-    from semdepth_core.checkpoint import save_checkpoint
-    from semdepth_core.config import Config, config_to_dict
-    from semdepth_core.nets.model import build_models
-
-    cfg = Config()
-    cfg.data.height, cfg.data.width = 64, 192
-    cfg.model.depth_net = "resnet18"
-    cfg.model.semantic.enabled = True
-    cfg.model.semantic.arch = "espnet"
-    torch.manual_seed(0)
-    depth, pose = build_models(cfg.model, num_context=len(cfg.data.context))
-    path = tmp_path_factory.mktemp("ckpt_rel") / "tiny.pt"
-    save_checkpoint(path, {"config": config_to_dict(cfg), "depth_model": depth.state_dict(),
-                           "pose_net": pose.state_dict()})
-    return path
+    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt_rel") / "tiny.pt", TINY_NODE_MODEL)
 
 
 @pytest.fixture(scope="module")
