@@ -35,6 +35,7 @@ setup(
         "onnxruntime",
         "matplotlib",
         "safetensors",
+        "scipy",
     ],
     extras_require={
         "ros": [
