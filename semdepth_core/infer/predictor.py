@@ -154,6 +154,8 @@ class Predictor:
         if vecs.shape[0] != len(ctxs):
             raise RuntimeError(f"pose backend returned {vecs.shape[0]} poses for {len(ctxs)} context frames")
         T = pose_vec_to_mat_np(vecs[slot])
+        from semdepth_core.geometry.se3 import invert_se3_np
+
         return invert_se3_np(T) if reverse else T
 
     def close(self) -> None:
@@ -164,14 +166,6 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor(backend={self.backend_name!r}, input_size={self.input_size}, "
                 f"metric={self.is_metric}, semantics={self.has_semantics}, pose={self.has_pose})")
-
-
-def invert_se3_np(T: np.ndarray) -> np.ndarray:
-    R, t = T[:3, :3], T[:3, 3]
-    out = np.eye(4)
-    out[:3, :3] = R.T
-    out[:3, 3] = -R.T @ t
-    return out
 
 
 def pose_vec_to_mat_np(vec: np.ndarray) -> np.ndarray:
