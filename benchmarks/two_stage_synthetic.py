@@ -80,10 +80,9 @@ def frame_has_infinite_case(dynamic_png: Path | None, lead_drive: bool) -> bool:
     """GT: the frame is on a lead-car drive and its dynamic-object mask is non-empty."""
     if not lead_drive or dynamic_png is None or not Path(dynamic_png).is_file():
         return False
-    import cv2
+    from semdepth_core.data.kitti import read_label_png
 
-    mask = cv2.imread(str(dynamic_png), cv2.IMREAD_UNCHANGED)
-    return bool(mask is not None and (mask > 0).any())
+    return bool((read_label_png(dynamic_png) > 0).any())
 
 
 def stage_overrides() -> list[str]:

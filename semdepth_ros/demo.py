@@ -178,23 +178,22 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
     return out, elapsed
 
 
-def ground_truth(drive_dir: Path, frame: int, size: tuple[int, int]) -> np.ndarray:
-    """Dense synthetic depth if present, else the Velodyne projection, at size=(W,H)."""
-    from semdepth_core.data.kitti import KittiDrive, load_velodyne, read_depth_png, velodyne_depth
+def ground_truth(drive, frame: int, size: tuple[int, int]) -> np.ndarray:
+    """Dense synthetic depth if present, else the Velodyne projection, at size=(W,H); drive: KittiDrive."""
+    from semdepth_core.data.kitti import load_velodyne, read_depth_png, velodyne_depth
 
-    drive = KittiDrive(drive_dir)
     dense = drive.dense_depth_path(frame)
     if dense is not None:
         return read_depth_png(dense)
     velo = drive.velodyne_path(frame)
     if velo is None:
-        raise FileNotFoundError(f"{drive_dir}: frame {frame} has neither dense depth nor a Velodyne scan")
+        raise FileNotFoundError(f"{drive.path}: frame {frame} has neither dense depth nor a Velodyne scan")
     return velodyne_depth(load_velodyne(velo), drive.calib, 2, size)
 
 
 def summarise(col: Collected, drive_dir: Path, out_dir: Path, elapsed: float, scale_mode: str,
               strips: int = 4) -> dict:
-    from semdepth_core.data.kitti import KittiDrive, read_rgb
+    from semdepth_core.data.kitti import KittiDrive, read_label_png, read_rgb
     from semdepth_core.eval.metrics import MetricAccumulator
     from semdepth_core.viz import class_bar_chart, depth_strip, write_ply, write_png
     from semdepth_ros.kitti_to_bag import read_timestamps_ns
@@ -210,7 +209,7 @@ def summarise(col: Collected, drive_dir: Path, out_dir: Path, elapsed: float, sc
     for k in keys:
         depth = np.nan_to_num(col.depth[k], nan=0.0)
         f = frame_of[k]
-        gt = ground_truth(drive_dir, f, (depth.shape[1], depth.shape[0]))
+        gt = ground_truth(drive, f, (depth.shape[1], depth.shape[0]))
         if gt.shape != depth.shape:
             import cv2
 
@@ -223,8 +222,6 @@ def summarise(col: Collected, drive_dir: Path, out_dir: Path, elapsed: float, sc
         dyn_path = drive.dynamic_path(f)
         dyn = None
         if dyn_path is not None:
-            from semdepth_core.data.kitti import read_label_png
-
             dyn = read_label_png(dyn_path)
             dynamic_present = True
         scaled.add(gt, depth, semantic=sem, dynamic=dyn, median_scaling=True)

@@ -561,8 +561,11 @@ def test_replay_unknown_topics_and_message_types(frame, tmp_path):
         # --evaluate on a bag with no CameraInfo/Velodyne and no depth node: a 0-frame summary, rc 3
         "evaluate": [str(imgonly), "--start-delay", "0", "--linger", "0", "--evaluate", "--eval-wait", "1"],
     }
-    procs = {k: subprocess.Popen([sys.executable, "-m", "semdepth_ros.replay", *a], cwd=REPO, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k, a in cmds.items()}
+    # each case in its own ROS domain: the six replays run concurrently and must not see each other
+    procs = {k: subprocess.Popen([sys.executable, "-m", "semdepth_ros.replay", *a], cwd=REPO,
+                                 env=dict(env, ROS_DOMAIN_ID=str((int(env["ROS_DOMAIN_ID"]) + 17 * i) % 200 + 1)),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, (k, a) in enumerate(cmds.items())}
     res = {}
     for k, p in procs.items():
         try:
@@ -572,19 +575,19 @@ def test_replay_unknown_topics_and_message_types(frame, tmp_path):
             p.kill()
             raise AssertionError(f"replay hung: {k}")
     rc, out, err = res["ok"]
-    assert rc == 0 and "skipping /thing: message type unknown_pkg/msg/Thing is not importable" in out, (out, err)
-    assert "published 3 messages" in out and "from 1 topics" in out
+    assert rc == 0 and "skipping /thing: message type unknown_pkg/msg/Thing is not importable" in out, res["ok"]
+    assert "published 3 messages" in out and "from 1 topics" in out, res["ok"]
     rc, out, err = res["topics"]
-    assert rc == 2 and "topic(s) ['/nope'] not in the bag" in err
+    assert rc == 2 and "topic(s) ['/nope'] not in the bag" in err, res["topics"]
     rc, out, err = res["wait_for"]
-    assert rc == 2 and "--wait-for topic(s) ['/not_published'] are not published" in err
+    assert rc == 2 and "--wait-for topic(s) ['/not_published'] are not published" in err, res["wait_for"]
     rc, out, err = res["only_custom"]
-    assert rc == 2 and "nothing to publish" in err
+    assert rc == 2 and "nothing to publish" in err, res["only_custom"]
     rc, out, err = res["rate"]
-    assert rc == 2 and "--rate must be a positive number" in err
+    assert rc == 2 and "--rate must be a positive number" in err, res["rate"]
     rc, out, err = res["evaluate"]
-    assert rc == 3 and "eval summary: 0 frames evaluated" in out, (out, err)
-    assert not any("Traceback" in v[2] for v in res.values())
+    assert rc == 3 and "eval summary: 0 frames evaluated" in out, res["evaluate"]
+    assert not [k for k, v in res.items() if "Traceback" in v[2]], res
 
 
 def _mini_drive(root: Path) -> Path:

@@ -150,13 +150,13 @@ def augment(rgb: np.ndarray, label: np.ndarray, rng: random.Random, crop_hw: tup
 
 
 def _read_pair(img: Path, lab: Path) -> tuple[np.ndarray, np.ndarray]:
-    rgb = cv2.imread(str(img), cv2.IMREAD_COLOR)
-    label = cv2.imread(str(lab), cv2.IMREAD_UNCHANGED)
-    if rgb is None or label is None:
-        raise OSError(f"cannot read {img if rgb is None else lab}")
-    if label.ndim != 2 or label.shape != rgb.shape[:2]:
-        raise ValueError(f"{lab}: expected a single-channel trainId map of size {rgb.shape[:2]}, got {label.shape}")
-    return rgb[:, :, ::-1], label
+    """RGB uint8 image and its uint8 trainId map (the KITTI-layout readers: clear errors)."""
+    from semdepth_core.data.kitti import read_label_png, read_rgb
+
+    rgb, label = read_rgb(img), read_label_png(lab)
+    if label.shape != rgb.shape[:2]:
+        raise ValueError(f"{lab}: trainId map of size {label.shape} does not match its image {rgb.shape[:2]}")
+    return rgb, label
 
 
 class SegmentationFolder(Dataset):

@@ -434,15 +434,20 @@ def velodyne_depth(points: np.ndarray, calib: KittiCalib, cam: int = 2,
     return project_points_to_depth(X, calib.K(cam, size), size)
 
 
-def read_depth_png(path: PathLike) -> np.ndarray:
-    """KITTI depth PNG (uint16 = depth*256, 0 = invalid) -> float32 metres [H,W]."""
-    path = _require_file(Path(path), "depth PNG")
+def _read_single_channel_png(path: PathLike, dtype, what: str) -> np.ndarray:
+    """A single-channel PNG of exactly `dtype` -> [H,W]; anything else is a KittiFormatError."""
+    path = _require_file(Path(path), what)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise KittiFormatError(f"{path}: cannot decode depth PNG")
-    if img.dtype != np.uint16 or img.ndim != 2:
-        raise KittiFormatError(f"{path}: depth PNG must be single-channel uint16, got {img.dtype} {img.shape}")
-    return img.astype(np.float32) / DEPTH_PNG_SCALE
+        raise KittiFormatError(f"{path}: cannot decode {what}")
+    if img.dtype != dtype or img.ndim != 2:
+        raise KittiFormatError(f"{path}: {what} must be single-channel {np.dtype(dtype)}, got {img.dtype} {img.shape}")
+    return img
+
+
+def read_depth_png(path: PathLike) -> np.ndarray:
+    """KITTI depth PNG (uint16 = depth*256, 0 = invalid) -> float32 metres [H,W]."""
+    return _read_single_channel_png(path, np.uint16, "depth PNG").astype(np.float32) / DEPTH_PNG_SCALE
 
 
 def write_depth_png(path: PathLike, depth: np.ndarray) -> None:
@@ -472,13 +477,7 @@ def read_rgb(path: PathLike) -> np.ndarray:
 
 def read_label_png(path: PathLike) -> np.ndarray:
     """Single-channel uint8 PNG (semantic trainIds or dynamic mask) -> HxW uint8."""
-    path = _require_file(Path(path), "label PNG")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise KittiFormatError(f"{path}: cannot decode label PNG")
-    if img.dtype != np.uint8 or img.ndim != 2:
-        raise KittiFormatError(f"{path}: label PNG must be single-channel uint8, got {img.dtype} {img.shape}")
-    return img
+    return _read_single_channel_png(path, np.uint8, "label PNG")
 
 
 # --------------------------------------------------------------------------------------------
