@@ -11,6 +11,9 @@
      baseline        training/configs/synthetic_resnet18.yaml
      guided          training/configs/synthetic_resnet18_sg.yaml, frozen synthetic-trained ESPNet  ("CS, D"-like)
      guided_random   same, frozen randomly initialised ESPNet                                       ("I, D"-like ablation)
+     segdepth        training/configs/synthetic_segdepth_resnet18.yaml: the baseline + SegDepth's auxiliary
+                     U-Net fg/bg loss on the same frozen synthetic-trained ESPNet's labels (issue 7); its
+                     U-Net's loss curve is reported, and the deployed model's parameter count vs the baseline's
 3. Each final checkpoint is scored by `training.evaluate` on held-out drives (seeds 201, 202), median
    scaled, and on the object-boundary band: GT pixels within --band-px (3) pixels of a semantic-label
    edge of the GT semantic map, scored with the same metrics on the masked GT, each frame scaled by
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +58,8 @@ SEMANTIC_CONFIG = REPO / "training" / "configs" / "default_semantic.yaml"
 CITYSCAPES_ESPNET = REPO.parent / "shared" / "data" / "espnet_cityscapes" / "espnet_p2_q8_cityscapes.pth"
 BASELINE_CFG = CONFIGS / "synthetic_resnet18.yaml"
 GUIDED_CFG = CONFIGS / "synthetic_resnet18_sg.yaml"
+SEGDEPTH_CFG = CONFIGS / "synthetic_segdepth_resnet18.yaml"
+ARMS = ("baseline", "guided", "guided_random", "segdepth")
 
 
 # ============================================================================ pure helpers
@@ -120,6 +124,31 @@ def train_semantic(out_dir: Path, train_roots: list[Path], val_roots: list[Path]
     return meta
 
 
+def aux_loss_curve(run_dir: Path, key: str) -> dict:
+    """Mean of a logged loss term over the first and the last 10 % of a run's logged steps."""
+    recs = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r[key] for r in recs if "total" in r and r.get(key) is not None]
+    if len(vals) < 2:
+        return {"logged_steps": len(vals)}
+    k = max(1, len(vals) // 10)
+    first, last = sum(vals[:k]) / k, sum(vals[-k:]) / k
+    return {"logged_steps": len(vals), "first_10pct_mean": first, "last_10pct_mean": last, "fell": last < first}
+
+
+def deployed_parameters(ckpt: Path) -> dict:
+    """Parameters of the depth model as the product loads it from the checkpoint (training-only heads such
+    as SegDepth's U-Net are not part of it), in all and without the frozen semantic net."""
+    import torch
+
+    from training.evaluate import load_depth_model
+
+    model, _ = load_depth_model(ckpt, torch.device("cpu"))
+    total = sum(p.numel() for p in model.parameters())
+    sem = getattr(model, "semantic", None)
+    sem_n = sum(p.numel() for p in sem.parameters()) if sem is not None else 0
+    return {"total": total, "without_semantic_net": total - sem_n}
+
+
 # ============================================================================ boundary-band evaluation
 
 def band_evaluation(ckpt: Path, data_root: Path, out_json: Path, radius: float = BAND_PX) -> dict:
@@ -170,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--semantic-init", choices=["cityscapes", "scratch"], default="cityscapes",
                    help="ESPNet initialisation before training on the synthetic labels")
     p.add_argument("--band-px", type=float, default=BAND_PX, help="boundary band half-width (pixels)")
-    p.add_argument("--skip", choices=["baseline", "guided", "guided_random"], action="append", default=[],
+    p.add_argument("--skip", choices=list(ARMS), action="append", default=[],
                    help="leave out a depth run (repeatable)")
     return p.parse_args(argv)
 
@@ -198,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": (BASELINE_CFG, []),
         "guided": (GUIDED_CFG, [f"model.semantic.weights={sem_path}"]),
         "guided_random": (GUIDED_CFG, ["model.semantic.weights="]),
+        "segdepth": (SEGDEPTH_CFG, [f"model.semantic.weights={sem_path}"]),
     }
     test = combined_root(drive_roots(BASELINE_CFG, overrides, TEST_SEEDS), root / "test_data")
     results, rows = {}, []
@@ -220,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             "band_abs_rel": b.get("abs_rel"), "band_a1": b.get("a1"), "band_rmse": b.get("rmse"),
             "band_gt_pixels": bandm["band_gt_pixels"], "band_frames_skipped": bandm["band_frames_skipped"],
             "test_images": cli["num_images"],
+            "deployed_parameters": deployed_parameters(ckpt),
         }
+        if name == "segdepth":
+            results[name]["segdepth_loss"] = aux_loss_curve(run_dir, "segdepth")
         rows.append({"run": name, "steps": stats["steps"], "train_min": stats["train_min"],
                      "img/s": stats["images_per_s"], "abs_rel": cli["abs_rel"], "a1": cli["a1"],
                      "class_avg_abs_rel": cli.get("class_avg_abs_rel", float("nan")),
@@ -229,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     delta = {}
     if "baseline" in results:
-        for name in ("guided", "guided_random"):
+        for name in ("guided", "guided_random", "segdepth"):
             if name in results:
                 delta[name] = {k: results[name][k] - results["baseline"][k]
                                for k in ("abs_rel", "band_abs_rel") if results[name][k] is not None

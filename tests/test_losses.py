@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from semdepth_core.losses.photometric import SSIM_C1, SSIM_C2, photometric_loss, ssim
+from semdepth_core.losses.photometric import (
+    SSIM_C1,
+    SSIM_C2,
+    photometric_loss,
+    photometric_loss_reference,
+    ssim,
+)
 from semdepth_core.losses.reprojection import min_reprojection_loss
 from semdepth_core.losses.smoothness import smoothness_loss
 from semdepth_core.losses.velocity import velocity_loss
@@ -72,6 +78,38 @@ def test_photometric_loss_averages_channels():
     pred[:, 0] = 0.3  # only the red channel differs
     l1 = photometric_loss(pred, target, alpha=0.0)
     torch.testing.assert_close(l1, torch.full((1, 1, 4, 4), 0.1))
+
+
+@pytest.mark.parametrize("groups,batch,channels,size,alpha", [
+    (1, 2, 3, (5, 7), 0.85), (3, 2, 3, (6, 5), 0.85), (2, 1, 1, (4, 4), 0.0), (2, 2, 3, (3, 3), 1.0),
+])
+def test_fused_photometric_loss_equals_the_autograd_reference(groups, batch, channels, size, alpha):
+    # the training path (box sums + analytic backward, target broadcast over groups) vs Eq. 2 by autograd
+    g = torch.Generator().manual_seed(groups * 10 + channels)
+    x = torch.rand(groups * batch, channels, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(batch, channels, *size, generator=g, dtype=torch.float64)
+    ref = photometric_loss_reference(x, y.repeat(groups, 1, 1, 1), alpha)
+    out = photometric_loss(x, y, alpha)
+    assert out.shape == (groups * batch, 1, *size)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    (g_out,) = torch.autograd.grad((out * w).sum(), x)
+    torch.testing.assert_close(g_out, g_ref, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a: photometric_loss(a, y, alpha), (x,))
+
+
+def test_fused_photometric_loss_without_grad_and_with_a_differentiable_target():
+    x, y = _rand(2, 3, 8, 9, seed=11), _rand(2, 3, 8, 9, seed=12)
+    with torch.no_grad():
+        torch.testing.assert_close(photometric_loss(x, y), photometric_loss_reference(x, y))
+    yg = y.clone().requires_grad_()  # target not constant: falls back to autograd, both get gradients
+    photometric_loss(x.clone().requires_grad_(), yg).sum().backward()
+    assert yg.grad is not None and yg.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="not a multiple"):
+        photometric_loss(_rand(3, 3, 8, 9), y)
+    with pytest.raises(ValueError, match="shapes differ"):
+        photometric_loss(_rand(2, 1, 8, 9), y)
 
 
 # ----------------------------------------------------------------------------- min reprojection, auto-mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .camera import backproject, project
+from .camera import pixel_grid
 
 _PADDING = ("zeros", "border", "reflection")
 
@@ -45,9 +45,16 @@ def view_synthesis(
     dtype = depth_tgt.dtype
     K = K.to(dtype)
     T = T_src_tgt.to(dtype)
-    pts = backproject(depth_tgt, torch.linalg.inv(K))  # [B,3,H,W] target frame
-    pts_src = T[:, :3, :3] @ pts.reshape(B, 3, H * W) + T[:, :3, 3:4]  # [B,3,H*W] source frame
-    uv, z = project(pts_src.reshape(B, 3, H, W), K)  # pixels at the target resolution
+    # One 3x3 product instead of backproject -> transform -> project (same maths; K's last row is 0 0 1):
+    #   K (R d K^-1 [u v 1]^T + t) = d (K R K^-1) [u v 1]^T + K t,   and the source depth z is its 3rd row.
+    P = K @ T[:, :3, :3] @ torch.linalg.inv(K)  # [B,3,3]
+    Kt = K @ T[:, :3, 3:4]  # [B,3,1]
+    rays = P @ pixel_grid(H, W, depth_tgt.device, dtype)  # [B,3,H*W]
+    pix = rays * depth_tgt.reshape(B, 1, H * W) + Kt  # [B,3,H*W]
+    z = pix[:, 2:3]
+    z_safe = torch.where(z >= 0, z.clamp_min(1e-6), z.clamp_max(-1e-6))  # finite uv for points on the plane z=0
+    uv = (pix[:, :2] / z_safe).reshape(B, 2, H, W)  # pixels at the target resolution
+    z = z.reshape(B, 1, H, W)
     grid = pixels_to_grid(uv, W, H)  # [B,H,W,2]; resolution independent
     warped = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode=padding_mode,
                            align_corners=False)

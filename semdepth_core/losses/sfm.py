@@ -66,7 +66,7 @@ class SfmLoss(nn.Module):
             Ks = K.repeat(N * S, 1, 1)
             # border padding as in Monodepth2: out-of-view pixels repeat the edge instead of turning black
             warped, _ = view_synthesis(src, depth, T, Ks, padding_mode="border")  # [N*S*B,3,H,W]
-            reproj = photometric_loss(warped, target.repeat(N * S, 1, 1, 1), cfg.ssim_alpha)  # [N*S*B,1,H,W]
+            reproj = photometric_loss(warped, target, cfg.ssim_alpha)  # [N*S*B,1,H,W]; target broadcast
             reproj = reproj.reshape(N, S, B, H, W).permute(1, 2, 0, 3, 4)  # [S,B,N,H,W]
             ctx_list = [contexts[:, j] for j in range(N)]
             identity = identity_reprojection_loss(target, ctx_list, cfg.ssim_alpha) if cfg.automask else None
