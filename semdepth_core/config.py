@@ -82,6 +82,9 @@ class ModelConfig:
     pose_pretrained: str = ""
     min_depth: float = 0.1
     max_depth: float = 100.0
+    # initial depth (m) of the inverse-depth heads, set through their bias (0 = bias 0, i.e. sigmoid(0):
+    # ~0.2 m for 0.1-100 m, Monodepth2's start). Training only; a loaded checkpoint overrides it.
+    init_depth: float = 0.0
     guidance: bool = False  # pixel-adaptive convolutions guided by the semantic net
     pac_sigma_mode: str = "layer"  # layer | filter
     packnet_version: str = "1A"
@@ -100,6 +103,12 @@ class LossConfig:
     upsample_scales: bool = True
     num_scales: int = 4
     velocity_weight: float = 0.0  # 0.1 with velocity supervision
+    # warp with each image's inverse depth divided by its mean (Wang et al., CVPR 2018): removes the
+    # scale drift of scale-free training; needs velocity_weight = 0 (metric scale comes from the pose)
+    depth_normalization: bool = False
+    # with velocity supervision: train scale-free (depth_normalization, no velocity term) for this many
+    # steps first, so the pose net learns the direction of motion before the velocity term fixes its length
+    velocity_warmup_steps: int = 0
     # SegDepth auxiliary segmentation loss (0 = off)
     segdepth_weight: float = 0.0
     segdepth_w0: float = 10.0

@@ -249,6 +249,38 @@ def test_sfm_loss_without_velocity_weight_ignores_speed():
     torch.testing.assert_close(out["total"], out["photometric"] + 1e-3 * out["smoothness"])
 
 
+@pytest.mark.parametrize("upsample", [True, False])
+def test_depth_normalization_makes_the_objective_scale_free(upsample):
+    from semdepth_core.config import LossConfig
+    from semdepth_core.losses.sfm import SfmLoss
+
+    batch, inv_depths, pose_vecs, K = _random_sfm_inputs()
+    scaled = [(3.0 * d.detach()).requires_grad_() for d in inv_depths]
+    plain = SfmLoss(LossConfig(upsample_scales=upsample))
+    normed = SfmLoss(LossConfig(upsample_scales=upsample, depth_normalization=True))
+    torch.manual_seed(0)  # the auto-mask's tie-breaking noise
+    a = normed(batch, inv_depths, pose_vecs, K)
+    torch.manual_seed(0)
+    b = normed(batch, scaled, pose_vecs, K)
+    torch.testing.assert_close(a["total"], b["total"])  # any global depth scale gives the same loss
+    b["total"].backward()
+    # no gradient along the scale direction: <grad, inv> = 0 for every image (Euler, scale invariance)
+    radial = sum((d.grad * d.detach()).sum(dim=(1, 2, 3)) for d in scaled)
+    assert radial.abs().max().item() < 1e-5 * sum(d.grad.abs().sum().item() for d in scaled)
+    torch.manual_seed(0)
+    c = plain(batch, scaled, pose_vecs, K)
+    assert abs(c["total"].item() - a["total"].item()) > 1e-4  # without it the scale matters
+    # scale_free=True is what the trainer passes during velocity warm-up: same maths, velocity skipped
+    vel = SfmLoss(LossConfig(upsample_scales=upsample, velocity_weight=0.1))
+    torch.manual_seed(0)
+    d = vel(batch, inv_depths, pose_vecs, K, scale_free=True)
+    torch.testing.assert_close(d["total"], a["total"])
+    assert d["velocity"].item() == 0.0
+    assert vel(batch, inv_depths, pose_vecs, K)["velocity"].item() > 0
+    with pytest.raises(ValueError, match="depth_normalization"):
+        SfmLoss(LossConfig(velocity_weight=0.1, depth_normalization=True))(batch, inv_depths, pose_vecs, K)
+
+
 def test_sfm_loss_is_lower_for_the_true_depth_and_pose():
     """A scene rendered with a known plane depth and pure forward motion: true geometry beats a wrong one."""
     from semdepth_core.config import LossConfig

@@ -165,6 +165,24 @@ def test_depth_model_outputs_at_96x320(name):
         model(torch.rand(1, 3, 90, 320))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_init_depth_sets_the_untrained_prediction(name):
+    from semdepth_core.nets.model import init_inv_depth_heads
+
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(5))
+    medians = {}
+    for init in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = DepthModel(ModelConfig(depth_net=name, min_depth=0.1, max_depth=100.0, init_depth=init)).eval()
+        with torch.no_grad():
+            medians[init] = [float((1.0 / inv).median()) for inv in model(x)["inv_depths"]]
+    # bias 0 starts at sigmoid(0): ~0.2 m for 0.1-100 m; init_depth=10 starts every scale near 10 m
+    assert all(m < 0.5 for m in medians[0.0]), medians
+    assert all(5.0 < m < 20.0 for m in medians[10.0]), medians
+    with pytest.raises(ValueError, match="init_depth"):
+        init_inv_depth_heads(model, 200.0, 0.1, 100.0)
+
+
 def test_decoder_parameter_count_and_guidance_validation():
     dec = DepthDecoder([64, 64, 128, 256, 512], MIN_D, MAX_D)
     assert _nparams(dec) == 3_152_724  # the Monodepth2 ResNet-18 depth decoder

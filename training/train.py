@@ -447,7 +447,9 @@ class Trainer:
         ctx_aug = batch["rgb_context_aug"]  # [B,N,3,H,W]
         outputs = self.depth_ddp(rgb_aug)
         pose_vecs = self.pose_ddp(rgb_aug, [ctx_aug[:, j] for j in range(ctx_aug.shape[1])])  # [B,N,6]
-        losses = self.loss_fn(batch, outputs["inv_depths"], pose_vecs, batch["K"])
+        lc = self.cfg.loss
+        scale_free = lc.depth_normalization or (lc.velocity_weight > 0 and self.global_step < lc.velocity_warmup_steps)
+        losses = self.loss_fn(batch, outputs["inv_depths"], pose_vecs, batch["K"], scale_free=scale_free)
         if self.seg_head is not None:  # SegDepth: L = L_p + lambda*L_s + alpha*L_b
             labels = outputs["sem_logits"].argmax(1)  # frozen semantic net's trainIds [B,H,W]
             labels[labels >= NUM_CLASSES] = IGNORE  # its extra "ignore" channel
@@ -475,9 +477,10 @@ class Trainer:
     def _check_collapse(self, values: dict, record: dict) -> None:
         """Warn once when the depth map has collapsed to a constant (smoothness exactly 0 for many steps).
 
-        A saturated inverse-depth sigmoid gives no gradient and never recovers; seen here when a
-        ResNet-18 is trained from scratch (no ImageNet weights). Restart with pretrained encoder
-        weights or a lower learning rate.
+        A saturated inverse-depth sigmoid gives no gradient and never recovers. Measured cause here
+        (docs/results.md): without metric supervision the depth scale is free and drifts until the
+        sigmoid saturates at min_depth (ResNet-18 from scratch: ~40 steps). loss.depth_normalization
+        removes that degree of freedom.
         """
         self._flat_steps = self._flat_steps + 1 if values.get("smoothness", 1.0) == 0.0 else 0
         if self._flat_steps == self.COLLAPSE_STEPS:
@@ -485,7 +488,8 @@ class Trainer:
             if self.is_main:
                 print(f"warning: step {self.global_step}: the depth output has been constant for "
                       f"{self.COLLAPSE_STEPS} steps (collapsed, saturated sigmoid); this run will not recover — "
-                      "use pretrained encoder weights (model.pretrained) or a lower optim.depth_lr", file=sys.stderr)
+                      "without velocity supervision set loss.depth_normalization=true (scale-free warping), or use "
+                      "pretrained encoder weights (model.pretrained)", file=sys.stderr)
 
     # ---------------------------------------------------------------- loops
     def _budget_exhausted(self, start_time: float) -> bool:

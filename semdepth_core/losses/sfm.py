@@ -34,11 +34,13 @@ class SfmLoss(nn.Module):
         inv_depths: list[torch.Tensor],
         pose_vecs: torch.Tensor,
         K: torch.Tensor,
+        scale_free: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """Eq. 1 over scales; batch needs rgb [B,3,H,W], rgb_context [B,N,3,H,W] (+ speed [B], dt [B,N]).
 
         inv_depths: scales x [B,1,h,w] (scale 0 = input resolution); pose_vecs: [B,N,6] of T_ctx_tgt;
-        K: [B,3,3] at the input resolution. Returns a dict of scalars.
+        K: [B,3,3] at the input resolution. scale_free: warp with mean-normalised inverse depth and skip
+        the velocity term (default: cfg.depth_normalization). Returns a dict of scalars.
         """
         cfg = self.cfg
         target = batch["rgb"]  # [B,3,H,W]
@@ -50,6 +52,10 @@ class SfmLoss(nn.Module):
         num_scales = min(cfg.num_scales, len(inv_depths))
         if num_scales < 1:
             raise ValueError("SfmLoss: no inverse depth scales given")
+        normalize = cfg.depth_normalization if scale_free is None else bool(scale_free)
+        if cfg.depth_normalization and cfg.velocity_weight > 0:
+            raise ValueError("SfmLoss: loss.depth_normalization removes the depth scale that velocity "
+                             "supervision fixes; use one or the other")
         K = K.to(target.dtype)
         T_ctx_tgt = pose_vec_to_mat(pose_vecs.reshape(B * N, 6)).reshape(B, N, 4, 4)
 
@@ -60,6 +66,8 @@ class SfmLoss(nn.Module):
             # (scale-independent) identity losses of the auto-mask are computed once.
             S = num_scales
             inv_full = torch.cat([_resize(inv_depths[s], (H, W)) for s in range(S)], 0)  # [S*B,1,H,W]
+            if normalize:
+                inv_full = inv_full / inv_full.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
             depth = (1.0 / inv_full.clamp(min=1e-6)).repeat(N, 1, 1, 1)  # [N*S*B,1,H,W], context-major
             src = contexts.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 3, H, W)
             T = T_ctx_tgt.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 4, 4)
@@ -82,7 +90,10 @@ class SfmLoss(nn.Module):
                 tgt_s = _resize(target, (h, w))
                 ctx_s = [_resize(contexts[:, j], (h, w)) for j in range(N)]
                 K_s = resize_intrinsics(K, (W, H), (w, h))
-                depth = 1.0 / inv_depths[s].clamp(min=1e-6)  # [B,1,h,w]
+                inv_s = inv_depths[s]
+                if normalize:
+                    inv_s = inv_s / inv_s.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+                depth = 1.0 / inv_s.clamp(min=1e-6)  # [B,1,h,w]
                 warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border")[0]
                           for j in range(N)]
                 loss_map, mask = min_reprojection_loss(
@@ -101,7 +112,7 @@ class SfmLoss(nn.Module):
         total = photometric + cfg.smoothness_weight * smoothness
 
         velocity = torch.zeros((), dtype=total.dtype, device=total.device)
-        if cfg.velocity_weight > 0 and "speed" in batch and "dt" in batch:
+        if cfg.velocity_weight > 0 and not normalize and "speed" in batch and "dt" in batch:
             velocity = velocity_loss(pose_vecs[..., :3], batch["speed"], batch["dt"])
             total = total + cfg.velocity_weight * velocity
 

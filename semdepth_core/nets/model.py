@@ -10,6 +10,8 @@ out of `depth_parameters()` (what the depth optimiser gets).
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -88,6 +90,8 @@ class DepthModel(nn.Module):
             self.decoder = DepthDecoder(self.encoder.num_ch_enc, cfg.min_depth, cfg.max_depth, num_scales=4,
                                         guidance_channels=guidance_channels, pac_sigma_mode=cfg.pac_sigma_mode,
                                         num_ch_dec=cfg.decoder_channels)
+        if cfg.init_depth:
+            init_inv_depth_heads(self, cfg.init_depth, cfg.min_depth, cfg.max_depth)
 
     # training helpers -----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "DepthModel":
@@ -175,3 +179,21 @@ def build_models(cfg: ModelConfig, num_context: int = 2,
                              f"({pretrained} holds a {found} state_dict); set model.pose_encoder: {found}")
     pose = PoseNet(num_context, cfg.pose_encoder, pretrained, width=cfg.pose_width)
     return depth, pose
+
+
+def init_inv_depth_heads(model: nn.Module, depth: float, min_depth: float, max_depth: float) -> int:
+    """Set the bias of every inverse-depth head so an untrained net predicts `depth` metres everywhere
+    (the logit of (1/depth - 1/max) / (1/min - 1/max)); returns the number of heads set."""
+    if not min_depth < depth < max_depth:
+        raise ValueError(f"model.init_depth must lie in ({min_depth}, {max_depth}), got {depth}")
+    lo, hi = 1.0 / max_depth, 1.0 / min_depth
+    p = (1.0 / depth - lo) / (hi - lo)
+    logit = math.log(p / (1.0 - p))
+    heads = []
+    if getattr(model, "decoder", None) is not None:
+        heads = [h.conv for h in model.decoder.dispconv]
+    if getattr(model, "packnet", None) is not None:
+        heads = [getattr(model.packnet, f"disp{i}").conv for i in range(1, 5)]
+    for conv in heads:
+        nn.init.constant_(conv.bias, logit)
+    return len(heads)
