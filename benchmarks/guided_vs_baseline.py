@@ -59,6 +59,15 @@ CITYSCAPES_ESPNET = REPO.parent / "shared" / "data" / "espnet_cityscapes" / "esp
 BASELINE_CFG = CONFIGS / "synthetic_resnet18.yaml"
 GUIDED_CFG = CONFIGS / "synthetic_resnet18_sg.yaml"
 SEGDEPTH_CFG = CONFIGS / "synthetic_segdepth_resnet18.yaml"
+# --depth-net mobilenetv2: the same comparison on the ImageNet-initialised fast configs (the SegDepth
+# arm is the baseline config plus the SegDepth loss and the frozen semantic net, as its R18 config is)
+FAMILIES = {
+    "resnet18": (BASELINE_CFG, GUIDED_CFG, SEGDEPTH_CFG, []),
+    "mobilenetv2": (CONFIGS / "synthetic_mobilenetv2.yaml", CONFIGS / "synthetic_mobilenetv2_sg.yaml",
+                    CONFIGS / "synthetic_mobilenetv2.yaml",
+                    ["loss.segdepth_weight=0.0005", "model.semantic.enabled=true", "model.semantic.arch=espnet",
+                     "model.semantic.num_classes=20"]),
+}
 ARMS = ("baseline", "guided", "guided_random", "segdepth")
 
 
@@ -198,6 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"semantic pre-training budget (default {FULL_SEMANTIC_MIN:g}, {QUICK_SEMANTIC_MIN:g} with --quick)")
     p.add_argument("--semantic-init", choices=["cityscapes", "scratch"], default="cityscapes",
                    help="ESPNet initialisation before training on the synthetic labels")
+    p.add_argument("--depth-net", choices=sorted(FAMILIES), default="resnet18",
+                   help="config family: synthetic_resnet18[_sg] (the issue's) or synthetic_mobilenetv2[_sg]")
     p.add_argument("--band-px", type=float, default=BAND_PX, help="boundary band half-width (pixels)")
     p.add_argument("--skip", choices=list(ARMS), action="append", default=[],
                    help="leave out a depth run (repeatable)")
@@ -211,10 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     sem_budget = args.semantic_minutes if args.semantic_minutes is not None else (
         QUICK_SEMANTIC_MIN if args.quick else FULL_SEMANTIC_MIN)
     root = bench_dir("guided_vs_baseline", args.quick)
+    base_cfg, guided_cfg, seg_cfg, seg_extra = FAMILIES[args.depth_net]
+    if args.depth_net != "resnet18":
+        root = root / args.depth_net  # the semantic net is shared: it is trained at the same input size
     overrides = data_overrides(args.quick, args.frames, args.max_steps)
 
     # 1. semantic net on other drives
-    sem_dir = root / "semantic"
+    sem_dir = bench_dir("guided_vs_baseline", args.quick) / "semantic"
     sem_train = drive_roots(BASELINE_CFG, overrides, SEMANTIC_TRAIN_SEEDS)
     sem_val = drive_roots(BASELINE_CFG, overrides, SEMANTIC_VAL_SEEDS)
     sem = train_semantic(sem_dir, sem_train, sem_val, sem_budget, init=args.semantic_init)
@@ -224,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. depth runs
     runs = {
-        "baseline": (BASELINE_CFG, []),
-        "guided": (GUIDED_CFG, [f"model.semantic.weights={sem_path}"]),
-        "guided_random": (GUIDED_CFG, ["model.semantic.weights="]),
-        "segdepth": (SEGDEPTH_CFG, [f"model.semantic.weights={sem_path}"]),
+        "baseline": (base_cfg, []),
+        "guided": (guided_cfg, [f"model.semantic.weights={sem_path}"]),
+        "guided_random": (guided_cfg, ["model.semantic.weights="]),
+        "segdepth": (seg_cfg, seg_extra + [f"model.semantic.weights={sem_path}"]),
     }
     test = combined_root(drive_roots(BASELINE_CFG, overrides, TEST_SEEDS), root / "test_data")
     results, rows = {}, []
@@ -267,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 delta[name] = {k: results[name][k] - results["baseline"][k]
                                for k in ("abs_rel", "band_abs_rel") if results[name][k] is not None
                                and results["baseline"][k] is not None}
-    path = write_result("guided_vs_baseline", {
-        "budget_minutes": budget, "resolution": "320x96", "test_seeds": list(TEST_SEEDS),
+    name = "guided_vs_baseline" + ("" if args.depth_net == "resnet18" else f"_{args.depth_net}")
+    path = write_result(name, {
+        "depth_net": args.depth_net, "budget_minutes": budget, "resolution": "320x96", "test_seeds": list(TEST_SEEDS),
         "band_px": args.band_px, "semantic_pretraining": {**sem, "train_seeds": list(SEMANTIC_TRAIN_SEEDS),
                                                           "val_seeds": list(SEMANTIC_VAL_SEEDS)},
         "table3_ablation": {"guided_random (I, D-like)": results.get("guided_random", {}).get("abs_rel"),

@@ -5,6 +5,7 @@
 Two runs through `python -m training.train`, each for a CPU budget (default 10 minutes):
   baseline  MobileNetV2 (ImageNet encoder) + depth decoder
   guided    the same + PAC guidance from the frozen ESPNet Cityscapes net (paper §4; shared weights)
+  guided_normalised  the guided run with loss.depth_normalization (scale-free warping)
 "before" is the exact network the run starts from (same seed, same construction as the trainer),
 "after" its last checkpoint. Both are scored by `python -m training.evaluate` on all 8 frames (KITTI
 Eigen protocol: Garg crop, 1e-3..80 m, median scaling) against the projected Velodyne; the guided
@@ -43,6 +44,8 @@ RUNS = {
                          "semantic": {"enabled": True, "arch": "espnet", "weights": str(ESPNET),
                                       "input_scale": 3.0}}},  # ESPNet sees ~960x288 (trained at 1024x512)
 }
+# the guided run collapsed at step ~45; the same with scale-free warping (loss.depth_normalization)
+RUNS["guided_normalised"] = {**RUNS["guided"], "loss": {"depth_normalization": True}}
 
 
 def run_config(name: str, root: Path) -> Path:

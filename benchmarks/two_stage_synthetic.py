@@ -50,6 +50,7 @@ from benchmarks.train_synthetic import (  # noqa: E402
 
 FULL_BUDGET_MIN = 12.0
 CONFIG = CONFIGS / "synthetic_resnet18.yaml"
+CONFIGS_BY_NET = {"resnet18": CONFIG, "mobilenetv2": CONFIGS / "synthetic_mobilenetv2.yaml"}
 TRAIN_SEEDS = (1, 2, 3, 4, 5, 6)
 LEAD_SEEDS = (5, 6)
 VAL_SEEDS = (101,)
@@ -96,6 +97,8 @@ def stage_overrides() -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p, FULL_BUDGET_MIN)
+    p.add_argument("--depth-net", choices=sorted(CONFIGS_BY_NET), default="resnet18",
+                   help="synthetic_resnet18.yaml (default) or the ImageNet-initialised synthetic_mobilenetv2.yaml")
     return p.parse_args(argv)
 
 
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = budget_of(args, FULL_BUDGET_MIN)
     apply_threads(args)
     root = bench_dir("two_stage_synthetic", args.quick)
+    config = CONFIGS_BY_NET[args.depth_net]
+    if args.depth_net != "resnet18":
+        root = root / args.depth_net
     base = data_overrides(args.quick, args.frames, args.max_steps)
     overrides = base + stage_overrides()
     t_start = time.monotonic()
@@ -111,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     from semdepth_core.config import load_config
     from training.filter_dataset import filter_dataset
 
-    train_roots = drive_roots(CONFIG, base, TRAIN_SEEDS, LEAD_SEEDS)
-    lead_test = combined_root(drive_roots(CONFIG, base, LEAD_TEST_SEEDS, LEAD_TEST_SEEDS), root / "test_lead")
-    plain_test = combined_root(drive_roots(CONFIG, base, TEST_SEEDS), root / "test_plain")
+    train_roots = drive_roots(config, base, TRAIN_SEEDS, LEAD_SEEDS)
+    lead_test = combined_root(drive_roots(config, base, LEAD_TEST_SEEDS, LEAD_TEST_SEEDS), root / "test_lead")
+    plain_test = combined_root(drive_roots(config, base, TEST_SEEDS), root / "test_plain")
 
     # stage 1 ------------------------------------------------------------------------------
     s1_dir = root / "stage1"
-    run_training(CONFIG, s1_dir, budget, overrides)
+    run_training(config, s1_dir, budget, overrides)
     s1_ckpt = final_checkpoint(s1_dir)
 
     # filter (§4.3) --------------------------------------------------------------------------
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if report_path.is_file() and report_path.stat().st_mtime >= s1_ckpt.stat().st_mtime:
         report = json.loads(report_path.read_text())
     else:
-        report = filter_dataset(load_config(CONFIG, overrides), s1_ckpt, f_dir, device="cpu", progress=False)
+        report = filter_dataset(load_config(config, overrides), s1_ckpt, f_dir, device="cpu", progress=False)
     drive_info = {}  # drive folder name -> (drive dir, lead?)
     for seed, r in zip(TRAIN_SEEDS, train_roots):
         for d in sorted(r.glob("*/*_drive_*_sync")):
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     # stage 2: from scratch on the kept images ----------------------------------------------
     s2_over = overrides + [f"data.train_split={(f_dir / 'kept.txt').relative_to(REPO)}"]
     s2_dir = root / "stage2"
-    run_training(CONFIG, s2_dir, budget, s2_over)
+    run_training(config, s2_dir, budget, s2_over)
     s2_ckpt = final_checkpoint(s2_dir)
 
     # evaluation ---------------------------------------------------------------------------
@@ -180,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                   "gt_positive": filt["gt_positive_frames"], "precision": pr["precision"] if pr["precision"] is not None else "n/a",
                   "recall": pr["recall"] if pr["recall"] is not None else "n/a"}])
     print(f"infinite-depth fraction stage 2 / stage 1: {ratio if ratio is not None else 'n/a'} (target <= {TARGET_RATIO})")
-    path = write_result("two_stage_synthetic", {
-        "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
+    name = "two_stage_synthetic" + ("" if args.depth_net == "resnet18" else f"_{args.depth_net}")
+    path = write_result(name, {
+        "config": str(config.relative_to(REPO)), "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
         "lead_car_seeds": list(LEAD_SEEDS), "val_seeds": list(VAL_SEEDS),
         "test_lead_seeds": list(LEAD_TEST_SEEDS), "test_plain_seeds": list(TEST_SEEDS),
         "filter": filt, "stages": stages,

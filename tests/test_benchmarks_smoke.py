@@ -33,8 +33,12 @@ def test_guided_and_two_stage_args():
     assert gvb.budget_of(a, gvb.FULL_BUDGET_MIN) == 15.0 and a.semantic_init == "cityscapes" and a.band_px == 3
     b = gvb.parse_args(["--quick", "--skip", "guided_random", "--semantic-init", "scratch", "--band-px", "2"])
     assert b.skip == ["guided_random"] and b.semantic_init == "scratch" and b.band_px == 2.0
+    assert a.depth_net == "resnet18" and gvb.parse_args(["--depth-net", "mobilenetv2"]).depth_net == "mobilenetv2"
+    with pytest.raises(SystemExit):
+        gvb.parse_args(["--depth-net", "resnet50"])
     t = tss.parse_args([])
-    assert tss.budget_of(t, tss.FULL_BUDGET_MIN) == 12.0
+    assert tss.budget_of(t, tss.FULL_BUDGET_MIN) == 12.0 and t.depth_net == "resnet18"
+    assert tss.parse_args(["--depth-net", "mobilenetv2"]).depth_net == "mobilenetv2"
     assert tss.budget_of(tss.parse_args(["--quick"]), tss.FULL_BUDGET_MIN) == ts.QUICK_BUDGET_MIN
 
 
@@ -50,11 +54,32 @@ def test_configs_exist_and_load_with_bench_overrides():
     assert not sg.model.semantic.finetune
     base = load_config(gvb.BASELINE_CFG)
     assert (sg.data, sg.loss, sg.optim, sg.train.seed) == (base.data, base.loss, base.optim, base.train.seed)
+    # every family: guided and SegDepth arms share data, losses, optimiser and seed with their baseline
+    for base_p, guided_p, seg_p, seg_extra in gvb.FAMILIES.values():
+        b, g = load_config(base_p), load_config(guided_p, ["model.semantic.weights="])
+        sd = load_config(seg_p, seg_extra + ["model.semantic.weights="])
+        assert g.model.guidance and not b.model.guidance and not sd.model.guidance
+        assert sd.loss.segdepth_weight > 0 and sd.model.semantic.enabled and sd.model.depth_net == b.model.depth_net
+        assert (g.data, g.loss, g.optim, g.train.seed) == (b.data, b.loss, b.optim, b.train.seed)
+        assert (sd.data, sd.optim, sd.train.seed) == (b.data, b.optim, b.train.seed)
+    for net, path in tss.CONFIGS_BY_NET.items():
+        assert load_config(path).model.depth_net == net
     two = load_config(tss.CONFIG, tss.stage_overrides())
     assert set(two.data.synthetic.lead_car_seeds) <= set(two.data.synthetic.train_seeds)
     # held-out seeds of all three benchmarks are disjoint from training/validation and semantic drives
     used = set(tss.TRAIN_SEEDS) | set(tss.VAL_SEEDS) | set(gvb.SEMANTIC_TRAIN_SEEDS) | set(gvb.SEMANTIC_VAL_SEEDS)
     assert not used & (set(ts.TEST_SEEDS) | set(tss.LEAD_TEST_SEEDS))
+
+
+def test_collapse_probe_variants_load():
+    from benchmarks import collapse_probe as cp
+    from semdepth_core.config import load_config
+
+    for name, (config, extra) in cp.VARIANTS.items():
+        extra = [e.replace("{semantic}", "") for e in extra]
+        cfg = load_config(ts.CONFIGS / config, ts.data_overrides(True) + extra)
+        assert not (cfg.loss.depth_normalization and cfg.loss.velocity_weight > 0), name
+    assert load_config(ts.CONFIGS / "synthetic_resnet18.yaml").loss.depth_normalization
 
 
 def test_sets_and_data_overrides():
