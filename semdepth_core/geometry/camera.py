@@ -75,10 +75,18 @@ def project(points: torch.Tensor, K: torch.Tensor, eps: float = 1e-6) -> tuple[t
     B, _, H, W = points.shape
     _check_K(K, B, "K")
     pix = K.to(points.dtype) @ points.reshape(B, 3, H * W)  # [B,3,H*W]
+    return perspective_divide(pix, H, W, eps)[0], points[:, 2:3]
+
+
+def perspective_divide(pix: torch.Tensor, H: int, W: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Homogeneous image points [B,3,H*W] (z = depth in that camera) -> (uv [B,2,H,W] pixels, z [B,1,H,W]).
+
+    |z| below eps is replaced by ±eps in the division only, so uv stays finite; z is returned as is.
+    """
+    B = pix.shape[0]
     z = pix[:, 2:3]
     z_safe = torch.where(z >= 0, z.clamp_min(eps), z.clamp_max(-eps))
-    uv = pix[:, :2] / z_safe
-    return uv.reshape(B, 2, H, W), points[:, 2:3]
+    return (pix[:, :2] / z_safe).reshape(B, 2, H, W), z.reshape(B, 1, H, W)
 
 
 @dataclass(frozen=True)

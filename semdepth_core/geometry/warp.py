@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .camera import pixel_grid
+from .camera import perspective_divide, pixel_grid
 
 _PADDING = ("zeros", "border", "reflection")
 
@@ -51,10 +51,7 @@ def view_synthesis(
     Kt = K @ T[:, :3, 3:4]  # [B,3,1]
     rays = P @ pixel_grid(H, W, depth_tgt.device, dtype)  # [B,3,H*W]
     pix = rays * depth_tgt.reshape(B, 1, H * W) + Kt  # [B,3,H*W]
-    z = pix[:, 2:3]
-    z_safe = torch.where(z >= 0, z.clamp_min(1e-6), z.clamp_max(-1e-6))  # finite uv for points on the plane z=0
-    uv = (pix[:, :2] / z_safe).reshape(B, 2, H, W)  # pixels at the target resolution
-    z = z.reshape(B, 1, H, W)
+    uv, z = perspective_divide(pix, H, W)  # pixels at the target resolution, source-camera depth
     grid = pixels_to_grid(uv, W, H)  # [B,H,W,2]; resolution independent
     warped = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode=padding_mode,
                            align_corners=False)

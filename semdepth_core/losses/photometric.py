@@ -79,11 +79,11 @@ def _reflect_pad_adjoint(gp: torch.Tensor) -> torch.Tensor:
 
 
 def _photometric_forward(x: torch.Tensor, y: torch.Tensor, alpha: float, need_grad: bool):
-    """Eq. 2 on x [G,B,C,H,W] vs y [1,B,C,H,W] -> (loss [G,B,1,H,W], what the backward needs or None)."""
-    C = x.shape[2]
+    """Eq. 2 on x [G,B,C,H,W] vs y [1,B,C,H,W] -> (loss [G,B,1,H,W], the SSIM term's tensors for the
+    backward: (xp, yp, inside, dS/dm1, dS/dm2, dS/dm12), empty when alpha = 0 or need_grad is False)."""
     l1 = (x - y).abs_().mean(2, keepdim=True)
     if alpha == 0:
-        return l1, ((x, y, None, None, None, None, None) if need_grad else None)
+        return l1, ()
     xp, yp = _reflect_pad(x), _reflect_pad(y)
     mx, my = _box3(xp), _box3(yp)
     exx, eyy, exy = _box3(xp * xp), _box3(yp * yp), _box3(xp * yp)
@@ -99,15 +99,14 @@ def _photometric_forward(x: torch.Tensor, y: torch.Tensor, alpha: float, need_gr
     inside = (dssim >= 0) & (dssim <= 1) if need_grad else None  # where clamp(0, 1) passes the gradient
     loss = dssim.clamp_(0, 1).mean(2, keepdim=True).mul_(alpha).add_(l1, alpha=1 - alpha)
     if not need_grad:
-        return loss, None
+        return loss, ()
     # dS/d(raw moments) of the window around each pixel: m1 = E[x], m2 = E[x^2], m12 = E[xy]
     #   dS/dm1 = 2 S (mu_y/a - mu_y/b - mu_x/c + mu_x/d),  dS/dm2 = -S/d,  dS/dm12 = 2 S/b
     ia, ib = a.reciprocal_(), b.reciprocal_()
     d_m1 = (ia - ib).mul_(my).add_((id_ - ic).mul_(mx)).mul_(s).mul_(2)
     d_m2 = (s * id_).neg_()
     d_m12 = (s * ib).mul_(2)
-    del mx2, my2, mxmy, exx, eyy, exy
-    return loss, (x, y, xp, yp, inside, (d_m1, d_m2, d_m12), C)
+    return loss, (xp, yp, inside, d_m1, d_m2, d_m12)
 
 
 class _PhotometricLoss(torch.autograd.Function):
@@ -115,13 +114,9 @@ class _PhotometricLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, alpha):
-        loss, saved = _photometric_forward(x, y, alpha, need_grad=True)
-        x, y, xp, yp, inside, dms, C = saved
+        loss, ssim_saved = _photometric_forward(x, y, alpha, need_grad=True)
         ctx.alpha, ctx.C = alpha, x.shape[2]
-        if dms is None:
-            ctx.save_for_backward(x, y)
-        else:
-            ctx.save_for_backward(x, y, xp, yp, inside, *dms)
+        ctx.save_for_backward(x, y, *ssim_saved)
         return loss
 
     @staticmethod

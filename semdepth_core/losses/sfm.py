@@ -15,6 +15,11 @@ from semdepth_core.losses.smoothness import smoothness_loss
 from semdepth_core.losses.velocity import velocity_loss
 
 
+def _mean_normalised(inv_depth: torch.Tensor) -> torch.Tensor:
+    """Inverse depth [B,1,h,w] divided by its per-image mean (scale-free warping, loss.depth_normalization)."""
+    return inv_depth / inv_depth.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -67,7 +72,7 @@ class SfmLoss(nn.Module):
             S = num_scales
             inv_full = torch.cat([_resize(inv_depths[s], (H, W)) for s in range(S)], 0)  # [S*B,1,H,W]
             if normalize:
-                inv_full = inv_full / inv_full.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+                inv_full = _mean_normalised(inv_full)
             depth = (1.0 / inv_full.clamp(min=1e-6)).repeat(N, 1, 1, 1)  # [N*S*B,1,H,W], context-major
             src = contexts.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 3, H, W)
             T = T_ctx_tgt.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 4, 4)
@@ -90,9 +95,7 @@ class SfmLoss(nn.Module):
                 tgt_s = _resize(target, (h, w))
                 ctx_s = [_resize(contexts[:, j], (h, w)) for j in range(N)]
                 K_s = resize_intrinsics(K, (W, H), (w, h))
-                inv_s = inv_depths[s]
-                if normalize:
-                    inv_s = inv_s / inv_s.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+                inv_s = _mean_normalised(inv_depths[s]) if normalize else inv_depths[s]
                 depth = 1.0 / inv_s.clamp(min=1e-6)  # [B,1,h,w]
                 warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border")[0]
                           for j in range(N)]
