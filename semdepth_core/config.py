@@ -104,8 +104,15 @@ class LossConfig:
     num_scales: int = 4
     velocity_weight: float = 0.0  # 0.1 with velocity supervision
     # warp with each image's inverse depth divided by its mean (Wang et al., CVPR 2018): removes the
-    # scale drift of scale-free training; needs velocity_weight = 0 (metric scale comes from the pose)
+    # scale drift of scale-free training. The (then unobservable) depth scale is held by
+    # `scale_anchor_weight`, and with velocity_weight > 0 it is set by the velocity instead
+    # (losses/scale.py: depth_scale_loss)
     depth_normalization: bool = False
+    # depth_normalization only: weight of |log mean(1/D) - log(1/scale_anchor_depth)| per image and scale.
+    # It fixes the gauge the normalised photometric loss leaves free, so the raw output cannot drift
+    # into a saturated sigmoid (the collapse of docs/results.md); the warped images do not depend on it
+    scale_anchor_weight: float = 0.0
+    scale_anchor_depth: float = 10.0  # metres
     # with velocity supervision: train scale-free (depth_normalization, no velocity term) for this many
     # steps first, so the pose net learns the direction of motion before the velocity term fixes its length
     velocity_warmup_steps: int = 0
@@ -268,6 +275,9 @@ def _validate_ranges(cfg: Config) -> None:
         ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),
         ("loss.smoothness_weight", cfg.loss.smoothness_weight >= 0, "must be >= 0"),
         ("loss.velocity_weight", cfg.loss.velocity_weight >= 0, "must be >= 0"),
+        ("loss.scale_anchor_weight", cfg.loss.scale_anchor_weight >= 0, "must be >= 0"),
+        ("loss.scale_anchor_depth", cfg.model.min_depth < cfg.loss.scale_anchor_depth < cfg.model.max_depth,
+         "must lie strictly between model.min_depth and model.max_depth"),
         ("optim.depth_lr", cfg.optim.depth_lr > 0, "must be > 0"),
         ("optim.pose_lr", cfg.optim.pose_lr > 0, "must be > 0"),
         ("optim.step_epochs", cfg.optim.step_epochs >= 1, "must be >= 1"),

@@ -222,7 +222,7 @@ def test_sfm_loss_runs_and_gradients_reach_inverse_depth_and_pose(upsample):
     batch, inv_depths, pose_vecs, K = _random_sfm_inputs()
     cfg = LossConfig(velocity_weight=0.1, upsample_scales=upsample)
     out = SfmLoss(cfg)(batch, inv_depths, pose_vecs, K)
-    assert set(out) == {"total", "photometric", "smoothness", "velocity", "automask_fraction"}
+    assert set(out) == {"total", "photometric", "smoothness", "velocity", "scale_anchor", "automask_fraction"}
     for key, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value), key
     assert 0.0 <= out["automask_fraction"].item() <= 1.0
@@ -270,15 +270,66 @@ def test_depth_normalization_makes_the_objective_scale_free(upsample):
     torch.manual_seed(0)
     c = plain(batch, scaled, pose_vecs, K)
     assert abs(c["total"].item() - a["total"].item()) > 1e-4  # without it the scale matters
-    # scale_free=True is what the trainer passes during velocity warm-up: same maths, velocity skipped
+    # scale_free=True, velocity_active=False is what the trainer passes during the velocity warm-up:
+    # same maths, velocity skipped
     vel = SfmLoss(LossConfig(upsample_scales=upsample, velocity_weight=0.1))
     torch.manual_seed(0)
-    d = vel(batch, inv_depths, pose_vecs, K, scale_free=True)
+    d = vel(batch, inv_depths, pose_vecs, K, scale_free=True, velocity_active=False)
     torch.testing.assert_close(d["total"], a["total"])
     assert d["velocity"].item() == 0.0
     assert vel(batch, inv_depths, pose_vecs, K)["velocity"].item() > 0
-    with pytest.raises(ValueError, match="depth_normalization"):
-        SfmLoss(LossConfig(velocity_weight=0.1, depth_normalization=True))(batch, inv_depths, pose_vecs, K)
+
+
+def test_depth_scale_terms_of_normalised_training():
+    """With depth_normalization the anchor or the velocity sets only the raw depth scale (losses/scale.py)."""
+    import math
+
+    from semdepth_core.config import LossConfig
+    from semdepth_core.losses.scale import depth_scale_loss, velocity_mean_inv_depth
+    from semdepth_core.losses.sfm import SfmLoss
+
+    batch, inv_depths, pose_vecs, K = _random_sfm_inputs()
+    # the anchor: zero exactly at the anchor scale, |log ratio| elsewhere
+    at_anchor = [(d.detach() * (0.1 / d.detach().mean(dim=(1, 2, 3), keepdim=True))) for d in inv_depths]
+    assert depth_scale_loss(at_anchor[0], 0.1).item() < 1e-6
+    assert abs(depth_scale_loss(2.0 * at_anchor[0], 0.1).item() - math.log(2.0)) < 1e-6
+    anchored = SfmLoss(LossConfig(depth_normalization=True, scale_anchor_weight=0.01, scale_anchor_depth=10.0))
+    free = SfmLoss(LossConfig(depth_normalization=True))
+    torch.manual_seed(0)
+    a = anchored(batch, at_anchor, pose_vecs, K)
+    torch.manual_seed(0)
+    b = anchored(batch, [3.0 * d for d in at_anchor], pose_vecs, K)
+    torch.manual_seed(0)
+    f = free(batch, at_anchor, pose_vecs, K)
+    torch.testing.assert_close(a["photometric"], b["photometric"])  # warping is unchanged by the scale
+    torch.testing.assert_close(a["total"], f["total"], atol=1e-6, rtol=0)  # nothing to pay at the anchor
+    assert abs(b["scale_anchor"].item() - math.log(3.0)) < 1e-5
+    torch.testing.assert_close(b["total"], b["photometric"] + 1e-3 * b["smoothness"] + 0.01 * b["scale_anchor"])
+
+    # the velocity: metric mean inverse depth = ||t_n|| / (|v| dt), here 8 m/s x 0.1 s = 0.8 m
+    t = pose_vecs.detach()[..., :3]
+    expected_target = (t.norm(dim=-1) / 0.8).log().mean(dim=1).exp().clamp(0.02, 5.0)  # [B]
+    torch.testing.assert_close(velocity_mean_inv_depth(t, batch["speed"], batch["dt"], 0.02, 5.0), expected_target)
+    vel = SfmLoss(LossConfig(depth_normalization=True, velocity_weight=0.1, scale_anchor_weight=0.01))
+    torch.manual_seed(0)
+    v = vel(batch, inv_depths, pose_vecs, K)
+    expected = torch.stack([(d.mean(dim=(1, 2, 3)).log() - expected_target.log()).abs().mean()
+                            for d in inv_depths]).mean()
+    torch.testing.assert_close(v["velocity"], expected)
+    assert v["scale_anchor"].item() == 0.0  # the velocity replaces the anchor
+    torch.testing.assert_close(v["total"], v["photometric"] + 1e-3 * v["smoothness"] + 0.1 * v["velocity"])
+    v["total"].backward()
+    assert pose_vecs.grad is not None  # the photometric term still trains the pose
+    # during the warm-up (velocity_active=False) and for samples that did not move: the anchor instead
+    torch.manual_seed(0)
+    w = vel(batch, inv_depths, pose_vecs, K, velocity_active=False)
+    assert w["velocity"].item() == 0.0 and w["scale_anchor"].item() > 0
+    still = {**batch, "speed": torch.zeros(2)}
+    torch.manual_seed(0)
+    z = vel(still, inv_depths, pose_vecs, K)
+    assert z["velocity"].item() == 0.0 and z["scale_anchor"].item() > 0
+    with pytest.raises(ValueError, match="translation"):
+        velocity_mean_inv_depth(t[..., :2], batch["speed"], batch["dt"], 0.02, 5.0)
 
 
 def test_sfm_loss_is_lower_for_the_true_depth_and_pose():

@@ -297,7 +297,7 @@ class Trainer:
             raise ConfigError(str(exc)) from exc
         self.depth_model.to(device)
         self.pose_net.to(device)
-        self.loss_fn = SfmLoss(cfg.loss)
+        self.loss_fn = SfmLoss(cfg.loss, (cfg.model.min_depth, cfg.model.max_depth))
         # SegDepth variant: a training-only U-Net on the full-resolution disparity (never exported)
         self.seg_head = None
         if cfg.loss.segdepth_weight > 0:
@@ -448,8 +448,10 @@ class Trainer:
         outputs = self.depth_ddp(rgb_aug)
         pose_vecs = self.pose_ddp(rgb_aug, [ctx_aug[:, j] for j in range(ctx_aug.shape[1])])  # [B,N,6]
         lc = self.cfg.loss
-        scale_free = lc.depth_normalization or (lc.velocity_weight > 0 and self.global_step < lc.velocity_warmup_steps)
-        losses = self.loss_fn(batch, outputs["inv_depths"], pose_vecs, batch["K"], scale_free=scale_free)
+        warming_up = lc.velocity_weight > 0 and self.global_step < lc.velocity_warmup_steps
+        scale_free = lc.depth_normalization or warming_up
+        losses = self.loss_fn(batch, outputs["inv_depths"], pose_vecs, batch["K"], scale_free=scale_free,
+                              velocity_active=not warming_up)
         if self.seg_head is not None:  # SegDepth: L = L_p + lambda*L_s + alpha*L_b
             labels = outputs["sem_logits"].argmax(1)  # frozen semantic net's trainIds [B,H,W]
             labels[labels >= NUM_CLASSES] = IGNORE  # its extra "ignore" channel

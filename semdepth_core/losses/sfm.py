@@ -11,6 +11,7 @@ from semdepth_core.geometry.se3 import pose_vec_to_mat
 from semdepth_core.geometry.warp import view_synthesis
 from semdepth_core.losses.photometric import photometric_loss
 from semdepth_core.losses.reprojection import identity_reprojection_loss, min_reprojection_loss
+from semdepth_core.losses.scale import depth_scale_loss, velocity_mean_inv_depth
 from semdepth_core.losses.smoothness import smoothness_loss
 from semdepth_core.losses.velocity import velocity_loss
 
@@ -29,9 +30,13 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class SfmLoss(nn.Module):
     """Eq. 1: L = L_p (Eq. 2, min reprojection + auto-mask) + lambda_1 * L_s (Eq. 3), averaged over scales."""
 
-    def __init__(self, cfg: LossConfig):
+    MIN_TRAVEL_M = 0.05  # velocity-set depth scale: skip samples that barely moved (no scale information)
+
+    def __init__(self, cfg: LossConfig, depth_range: tuple[float, float] = (0.1, 100.0)):
         super().__init__()
         self.cfg = cfg
+        # targets of the depth-scale term stay inside the sigmoid's range (2x margin at both ends)
+        self.mean_inv_range = (2.0 / depth_range[1], 0.5 / depth_range[0])
 
     def forward(
         self,
@@ -40,12 +45,15 @@ class SfmLoss(nn.Module):
         pose_vecs: torch.Tensor,
         K: torch.Tensor,
         scale_free: bool | None = None,
+        velocity_active: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Eq. 1 over scales; batch needs rgb [B,3,H,W], rgb_context [B,N,3,H,W] (+ speed [B], dt [B,N]).
 
         inv_depths: scales x [B,1,h,w] (scale 0 = input resolution); pose_vecs: [B,N,6] of T_ctx_tgt;
-        K: [B,3,3] at the input resolution. scale_free: warp with mean-normalised inverse depth and skip
-        the velocity term (default: cfg.depth_normalization). Returns a dict of scalars.
+        K: [B,3,3] at the input resolution. scale_free: warp with mean-normalised inverse depth
+        (default: cfg.depth_normalization); then the velocity (when velocity_active, speed and dt are
+        given) sets the depth scale, else the fixed anchor does (losses/scale.py). Without
+        normalisation the velocity term is the blog's |‖t‖ − |v|Δt|. Returns a dict of scalars.
         """
         cfg = self.cfg
         target = batch["rgb"]  # [B,3,H,W]
@@ -58,9 +66,6 @@ class SfmLoss(nn.Module):
         if num_scales < 1:
             raise ValueError("SfmLoss: no inverse depth scales given")
         normalize = cfg.depth_normalization if scale_free is None else bool(scale_free)
-        if cfg.depth_normalization and cfg.velocity_weight > 0:
-            raise ValueError("SfmLoss: loss.depth_normalization removes the depth scale that velocity "
-                             "supervision fixes; use one or the other")
         K = K.to(target.dtype)
         T_ctx_tgt = pose_vec_to_mat(pose_vecs.reshape(B * N, 6)).reshape(B, N, 4, 4)
 
@@ -114,16 +119,33 @@ class SfmLoss(nn.Module):
         smoothness = torch.stack(smooth_terms).mean()
         total = photometric + cfg.smoothness_weight * smoothness
 
-        velocity = torch.zeros((), dtype=total.dtype, device=total.device)
-        if cfg.velocity_weight > 0 and not normalize and "speed" in batch and "dt" in batch:
+        zero = torch.zeros((), dtype=total.dtype, device=total.device)
+        velocity, anchor = zero, zero
+        has_speed = velocity_active and cfg.velocity_weight > 0 and "speed" in batch and "dt" in batch
+        if has_speed and not normalize:  # metric pose: the blog's velocity term on ||t||
             velocity = velocity_loss(pose_vecs[..., :3], batch["speed"], batch["dt"])
             total = total + cfg.velocity_weight * velocity
+        elif normalize:  # scale-free warp: the velocity (or the anchor) sets the depth scale instead
+            moved = None
+            if has_speed:
+                moved = (batch["speed"][:, None] * batch["dt"].abs()).min(dim=1).values > self.MIN_TRAVEL_M  # [B]
+            if moved is not None and bool(moved.any()):
+                target = velocity_mean_inv_depth(pose_vecs[moved, :, :3], batch["speed"][moved],
+                                                 batch["dt"][moved], *self.mean_inv_range)  # [B']
+                velocity = torch.stack([depth_scale_loss(inv_depths[s][moved], target)
+                                        for s in range(num_scales)]).mean()
+                total = total + cfg.velocity_weight * velocity
+            elif cfg.scale_anchor_weight > 0:
+                anchor = torch.stack([depth_scale_loss(inv_depths[s], 1.0 / cfg.scale_anchor_depth)
+                                      for s in range(num_scales)]).mean()
+                total = total + cfg.scale_anchor_weight * anchor
 
         return {
             "total": total,
             "photometric": photometric,
             "smoothness": smoothness,
             "velocity": velocity,
+            "scale_anchor": anchor,
             # fraction of pixels whose identity loss won (masked as static), averaged over scales
             "automask_fraction": torch.stack(masked_fractions).mean().detach(),
         }
