@@ -271,8 +271,12 @@ def test_view_synthesis_gradients_flow_to_depth_pose_and_src():
         eps = 1e-3
         v2 = vec.detach().clone()
         v2[:, 0] += eps
-        w2, _ = view_synthesis(src.detach(), depth.detach(), pose_vec_to_mat(v2), _K(B, 30.0, H, W),
-                               padding_mode="border")
+        w2, no_valid = view_synthesis(src.detach(), depth.detach(), pose_vec_to_mat(v2), _K(B, 30.0, H, W),
+                                      padding_mode="border", with_valid=False)  # as the losses call it
+        assert no_valid is None
+        w2_ref, _ = view_synthesis(src.detach(), depth.detach(), pose_vec_to_mat(v2), _K(B, 30.0, H, W),
+                                   padding_mode="border")
+        assert torch.equal(w2, w2_ref)
         v1 = vec.detach().clone()
         v1[:, 0] -= eps
         w1, _ = view_synthesis(src.detach(), depth.detach(), pose_vec_to_mat(v1), _K(B, 30.0, H, W),

@@ -80,23 +80,62 @@ def test_photometric_loss_averages_channels():
     torch.testing.assert_close(l1, torch.full((1, 1, 4, 4), 0.1))
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["C-kernel", "torch"])
 @pytest.mark.parametrize("groups,batch,channels,size,alpha", [
     (1, 2, 3, (5, 7), 0.85), (3, 2, 3, (6, 5), 0.85), (2, 1, 1, (4, 4), 0.0), (2, 2, 3, (3, 3), 1.0),
+    (2, 1, 3, (2, 2), 0.85), (1, 2, 2, (2, 6), 0.85),
 ])
-def test_fused_photometric_loss_equals_the_autograd_reference(groups, batch, channels, size, alpha):
-    # the training path (box sums + analytic backward, target broadcast over groups) vs Eq. 2 by autograd
+def test_fused_photometric_loss_equals_the_autograd_reference(groups, batch, channels, size, alpha, native):
+    # the training path (box sums + analytic backward, target broadcast over groups; the fused C kernel
+    # or its torch fallback) vs Eq. 2 by autograd
+    from semdepth_core.losses import _native_photometric
+
+    if native and _native_photometric.load() is None:
+        pytest.skip("no C compiler: the fused kernel is unavailable (the torch fallback is tested)")
     g = torch.Generator().manual_seed(groups * 10 + channels)
     x = torch.rand(groups * batch, channels, *size, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.rand(batch, channels, *size, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # some pixels nearly equal, so the SSIM clamp at 0 is exercised too
+        x[:batch] = y + 0.01 * torch.randn(y.shape, generator=g, dtype=torch.float64)
     ref = photometric_loss_reference(x, y.repeat(groups, 1, 1, 1), alpha)
-    out = photometric_loss(x, y, alpha)
+    out = photometric_loss(x, y, alpha, native=native)
     assert out.shape == (groups * batch, 1, *size)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
     (g_out,) = torch.autograd.grad((out * w).sum(), x)
     torch.testing.assert_close(g_out, g_ref, rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda a: photometric_loss(a, y, alpha), (x,))
+    assert torch.autograd.gradcheck(lambda a: photometric_loss(a, y, alpha, native=native), (x,))
+
+
+def test_fused_c_kernel_float32_and_its_fallback(monkeypatch, tmp_path, caplog):
+    from semdepth_core.losses import _native_photometric as nat
+
+    lib = nat.load()
+    if lib is None:
+        pytest.skip("no C compiler")
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(8, 3, 24, 40, generator=g, requires_grad=True)
+    y = torch.rand(4, 3, 24, 40, generator=g)
+    a, b = photometric_loss(x, y), photometric_loss(x, y, native=False)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    w = torch.rand(a.shape, generator=g)
+    (ga,), (gb,) = torch.autograd.grad((a * w).sum(), x), torch.autograd.grad((b * w).sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
+    assert nat.supported(x, y) and not nat.supported(x.double(), y)  # mixed dtypes go to torch
+    # a compiler that fails: load() reports it and returns None, and the loss still works (torch)
+    monkeypatch.setattr(nat, "_tried", False)
+    monkeypatch.setattr(nat, "_lib", None)
+    monkeypatch.setenv("SEMDEPTH_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level("WARNING"):
+        assert nat.load() is None
+    assert "torch implementation" in caplog.text
+    torch.testing.assert_close(photometric_loss(x, y), b)
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-built left behind
+    monkeypatch.setenv("SEMDEPTH_NATIVE", "0")
+    monkeypatch.setattr(nat, "_tried", False)
+    assert nat.load() is None
 
 
 def test_fused_photometric_loss_without_grad_and_with_a_differentiable_target():

@@ -22,11 +22,13 @@ def view_synthesis(
     T_src_tgt: torch.Tensor,
     K: torch.Tensor,
     padding_mode: str = "zeros",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_valid: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample src [B,C,Hs,Ws] at the reprojection of every target pixel -> (warped [B,C,H,W], valid [B,1,H,W])."""
     # depth_tgt [B,1,H,W] and K [B,3,3] (or [1,3,3]) describe the target view at HxW; src may have another
     # resolution of the same camera (half-pixel rule). valid (float 0/1) = point in front of the source
-    # camera and every bilinear tap inside the source image. Differentiable w.r.t. src, depth and pose.
+    # camera and every bilinear tap inside the source image; None when with_valid is False (the losses,
+    # which pad at the border instead, skip its cost). Differentiable w.r.t. src, depth and pose.
     for name, x, nd in (("src", src, 4), ("depth_tgt", depth_tgt, 4), ("T_src_tgt", T_src_tgt, 3), ("K", K, 3)):
         if not isinstance(x, torch.Tensor) or x.ndim != nd:
             raise ValueError(f"{name} must be a {nd}-D tensor, got {getattr(x, 'shape', type(x))}")
@@ -55,6 +57,8 @@ def view_synthesis(
     grid = pixels_to_grid(uv, W, H)  # [B,H,W,2]; resolution independent
     warped = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode=padding_mode,
                            align_corners=False)
+    if not with_valid:
+        return warped, None
     Hs, Ws = src.shape[-2:]
     # the centres of the outermost source pixels sit at ±(1 - 1/size) in normalised coordinates
     tol = 1e-4

@@ -6,11 +6,15 @@ Two implementations of the same formula:
   `avg_pool2d` and its backward is the analytic gradient of Eq. 2 w.r.t. the synthesised image (the
   target is a constant of the loss), so no intermediate is kept for autograd. On this project's CPU
   `avg_pool2d` and its backward were ~70 % of the whole loss (docs/results.md, train_step_cost).
+  On CPU the same forward and backward run as one fused C kernel (`_native_photometric.py`) when a
+  C compiler is present; the torch ops are the fallback (and the GPU path).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from semdepth_core.losses import _native_photometric as _native
 
 SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
@@ -113,15 +117,22 @@ class _PhotometricLoss(torch.autograd.Function):
     """Eq. 2 with an analytic gradient w.r.t. the synthesised image only (the target is constant)."""
 
     @staticmethod
-    def forward(ctx, x, y, alpha):
+    def forward(ctx, x, y, alpha, lib):
+        ctx.alpha, ctx.C, ctx.lib = alpha, x.shape[2], lib
+        if lib is not None:  # the fused C kernel (same maths, _native_photometric.py)
+            loss, D = _native.forward(lib, x, y, alpha, need_grad=True)
+            ctx.save_for_backward(x, y, D)
+            return loss
         loss, ssim_saved = _photometric_forward(x, y, alpha, need_grad=True)
-        ctx.alpha, ctx.C = alpha, x.shape[2]
         ctx.save_for_backward(x, y, *ssim_saved)
         return loss
 
     @staticmethod
     def backward(ctx, g):  # g [G,B,1,H,W]
         alpha, C = ctx.alpha, ctx.C
+        if ctx.lib is not None:
+            x, y, D = ctx.saved_tensors
+            return _native.backward(ctx.lib, g, x, y, D, alpha), None, None, None
         x, y, *rest = ctx.saved_tensors
         grad = torch.sign(x - y).mul_(g * ((1 - alpha) / C))  # L1 term
         if rest:
@@ -131,14 +142,16 @@ class _PhotometricLoss(torch.autograd.Function):
             grad_p += _box3_adjoint(g_s * d_m2).mul_(xp).mul_(2)
             grad_p += _box3_adjoint(g_s * d_m12).mul_(yp)
             grad += _reflect_pad_adjoint(grad_p)
-        return grad, None, None
+        return grad, None, None, None
 
 
-def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.85) -> torch.Tensor:
+def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.85,
+                     native: bool = True) -> torch.Tensor:
     """Eq. 2: alpha*(1-SSIM)/2 + (1-alpha)*L1, averaged over channels.
 
     pred [G*B,C,H,W], target [B,C,H,W] (G >= 1 synthesised images per target, stacked group-major,
-    so batched callers need not repeat the target) -> loss map [G*B,1,H,W].
+    so batched callers need not repeat the target) -> loss map [G*B,1,H,W]. native: use the fused C
+    kernel on CPU when it builds (`_native_photometric`), else the torch ops below.
     """
     if pred.ndim != 4 or target.ndim != 4 or pred.shape[1:] != target.shape[1:]:
         raise ValueError(f"photometric_loss: shapes differ {tuple(pred.shape)} vs {tuple(target.shape)}")
@@ -155,8 +168,11 @@ def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.
     if target.requires_grad and torch.is_grad_enabled():  # not a constant: differentiate everything
         return photometric_loss_reference(x.reshape(-1, *pred.shape[1:]),
                                           y.expand_as(x).reshape(-1, *pred.shape[1:]), alpha)
+    lib = _native.load() if (native and alpha > 0 and _native.supported(x, y)) else None
     if pred.requires_grad and torch.is_grad_enabled():
-        loss = _PhotometricLoss.apply(x, y, float(alpha))
+        loss = _PhotometricLoss.apply(x, y, float(alpha), lib)
+    elif lib is not None:
+        loss = _native.forward(lib, x, y, float(alpha), need_grad=False)[0]
     else:
         loss = _photometric_forward(x, y, float(alpha), need_grad=False)[0]
     return loss.reshape(G * B, 1, *pred.shape[-2:])

@@ -83,7 +83,7 @@ class SfmLoss(nn.Module):
             T = T_ctx_tgt.transpose(0, 1).repeat_interleave(S, 0).reshape(N * S * B, 4, 4)
             Ks = K.repeat(N * S, 1, 1)
             # border padding as in Monodepth2: out-of-view pixels repeat the edge instead of turning black
-            warped, _ = view_synthesis(src, depth, T, Ks, padding_mode="border")  # [N*S*B,3,H,W]
+            warped, _ = view_synthesis(src, depth, T, Ks, padding_mode="border", with_valid=False)  # [N*S*B,3,H,W]
             reproj = photometric_loss(warped, target, cfg.ssim_alpha)  # [N*S*B,1,H,W]; target broadcast
             reproj = reproj.reshape(N, S, B, H, W).permute(1, 2, 0, 3, 4)  # [S,B,N,H,W]
             ctx_list = [contexts[:, j] for j in range(N)]
@@ -102,7 +102,8 @@ class SfmLoss(nn.Module):
                 K_s = resize_intrinsics(K, (W, H), (w, h))
                 inv_s = _mean_normalised(inv_depths[s]) if normalize else inv_depths[s]
                 depth = 1.0 / inv_s.clamp(min=1e-6)  # [B,1,h,w]
-                warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border")[0]
+                warped = [view_synthesis(ctx_s[j], depth, T_ctx_tgt[:, j], K_s, padding_mode="border",
+                                         with_valid=False)[0]
                           for j in range(N)]
                 loss_map, mask = min_reprojection_loss(
                     tgt_s, warped, ctx_s, automask=cfg.automask,
