@@ -24,19 +24,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import REPO, print_table, write_result  # noqa: E402
 from benchmarks.train_synthetic import CONFIGS, bench_dir, data_overrides  # noqa: E402
 
+# the shipped configs now carry the scale anchor and init_depth 10 (and the velocity configs the
+# velocity-on-depth-scale form); the older variants switch them off to keep their meaning
+_NO_ANCHOR = ["loss.scale_anchor_weight=0", "model.init_depth=0"]
+_BLOG_VELOCITY = ["loss.depth_normalization=false", "loss.scale_anchor_weight=0", "optim.depth_lr=0.0002"]
 VARIANTS = {
     # name: (config, overrides)
-    "paper_lr": ("synthetic_resnet18.yaml", ["loss.depth_normalization=false", "optim.depth_lr=0.0002"]),
-    "normalised_lr2e-4": ("synthetic_resnet18.yaml", ["optim.depth_lr=0.0002"]),
-    "shipped (normalised, lr 1e-4)": ("synthetic_resnet18.yaml", []),
-    "velocity": ("synthetic_resnet18_velocity.yaml", []),
-    "velocity_init10m": ("synthetic_resnet18_velocity.yaml", ["model.init_depth=10"]),
+    "paper_lr": ("synthetic_resnet18.yaml", ["loss.depth_normalization=false", "optim.depth_lr=0.0002"] + _NO_ANCHOR),
+    "normalised_lr2e-4": ("synthetic_resnet18.yaml", ["optim.depth_lr=0.0002"] + _NO_ANCHOR),
+    "normalised_lr1e-4_no_anchor": ("synthetic_resnet18.yaml", list(_NO_ANCHOR)),
+    "shipped (normalised + anchor, lr 1e-4)": ("synthetic_resnet18.yaml", []),
+    "velocity": ("synthetic_resnet18_velocity.yaml", _BLOG_VELOCITY + ["model.init_depth=0"]),
+    "velocity_init10m": ("synthetic_resnet18_velocity.yaml", _BLOG_VELOCITY + ["model.init_depth=10"]),
     "velocity_init10m_warmup80": ("synthetic_resnet18_velocity.yaml",
-                                  ["model.init_depth=10", "loss.velocity_warmup_steps=80"]),
+                                  _BLOG_VELOCITY + ["model.init_depth=10", "loss.velocity_warmup_steps=80"]),
+    "velocity_on_depth_scale (shipped)": ("synthetic_resnet18_velocity.yaml", []),
     # the PAC-guided MobileNetV2 config with guided_vs_baseline's synthetic-trained ESPNet ({semantic})
-    "mnv2_guided_lr2e-4": ("synthetic_mobilenetv2_sg.yaml", ["model.semantic.weights={semantic}"]),
+    "mnv2_guided_lr2e-4": ("synthetic_mobilenetv2_sg.yaml", ["model.semantic.weights={semantic}"] + _NO_ANCHOR),
     "mnv2_guided_lr1e-4": ("synthetic_mobilenetv2_sg.yaml", ["model.semantic.weights={semantic}",
-                                                            "optim.depth_lr=0.0001"]),
+                                                            "optim.depth_lr=0.0001"] + _NO_ANCHOR),
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if not v.startswith("mnv2_guided")]
 COLLAPSE_RUN = 20

@@ -78,8 +78,12 @@ def test_collapse_probe_variants_load():
     for name, (config, extra) in cp.VARIANTS.items():
         extra = [e.replace("{semantic}", "") for e in extra]
         cfg = load_config(ts.CONFIGS / config, ts.data_overrides(True) + extra)
-        assert not (cfg.loss.depth_normalization and cfg.loss.velocity_weight > 0), name
-    assert load_config(ts.CONFIGS / "synthetic_resnet18.yaml").loss.depth_normalization
+        if name.startswith("velocity") and "depth_scale" not in name:  # the blog's form on ||t||
+            assert not cfg.loss.depth_normalization and cfg.loss.velocity_weight > 0, name
+    for name in ("synthetic_resnet18.yaml", "synthetic_resnet18_velocity.yaml", "synthetic_mobilenetv2_velocity.yaml"):
+        cfg = load_config(ts.CONFIGS / name)
+        assert cfg.loss.depth_normalization and cfg.loss.scale_anchor_weight > 0, name
+        assert cfg.model.init_depth == cfg.loss.scale_anchor_depth, name
 
 
 def test_sets_and_data_overrides():
