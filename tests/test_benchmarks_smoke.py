@@ -207,3 +207,28 @@ def test_every_benchmark_runs_as_a_script():
             continue
         r = subprocess.run([sys.executable, str(script), "--help"], cwd=root, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, f"{script.name}: {r.stderr[-1500:]}"
+
+
+def test_pose_oracle_arms_and_pose_errors():
+    import math
+
+    import torch
+
+    from benchmarks import pose_oracle as po
+    from semdepth_core.config import load_config
+    from semdepth_core.geometry.se3 import mat_to_pose_vec, pose_vec_to_mat
+
+    for name, (config, extra) in po.ARMS.items():
+        cfg = load_config(ts.CONFIGS / config, ts.data_overrides(True) + extra)
+        assert cfg.loss.depth_normalization == (name != "gt_pose"), name  # metric poses fix the scale
+    true = torch.tensor([[[0.0, 0.0, -1.0, 0.0, 0.01, 0.0], [0.0, 0.0, 1.0, 0.0, -0.01, 0.0]]])  # [1,2,6]
+    T = pose_vec_to_mat(true.reshape(-1, 6)).reshape(1, 2, 4, 4)
+    cos, rot = po.pose_errors(true, T)
+    assert cos == pytest.approx(1.0) and rot == pytest.approx(0.0, abs=1e-2)
+    turned = mat_to_pose_vec(T).clone()
+    turned[..., 4] += math.radians(2.0)  # 2 degrees more yaw, same translation
+    cos, rot = po.pose_errors(turned, T)
+    assert cos == pytest.approx(1.0, abs=1e-6) and rot == pytest.approx(2.0, abs=1e-3)
+    backwards = true.clone()
+    backwards[..., :3] *= -1
+    assert po.pose_errors(backwards, T)[0] == pytest.approx(-1.0)

@@ -482,7 +482,8 @@ class Trainer:
         A saturated inverse-depth sigmoid gives no gradient and never recovers. Measured cause here
         (docs/results.md): without metric supervision the depth scale is free and drifts until the
         sigmoid saturates at min_depth (ResNet-18 from scratch: ~40 steps). loss.depth_normalization
-        removes that degree of freedom.
+        removes that degree of freedom from the warp, and loss.scale_anchor_weight (or the velocity)
+        holds the raw scale, which the normalised loss no longer sees.
         """
         self._flat_steps = self._flat_steps + 1 if values.get("smoothness", 1.0) == 0.0 else 0
         if self._flat_steps == self.COLLAPSE_STEPS:
@@ -490,8 +491,8 @@ class Trainer:
             if self.is_main:
                 print(f"warning: step {self.global_step}: the depth output has been constant for "
                       f"{self.COLLAPSE_STEPS} steps (collapsed, saturated sigmoid); this run will not recover — "
-                      "without velocity supervision set loss.depth_normalization=true (scale-free warping), or use "
-                      "pretrained encoder weights (model.pretrained)", file=sys.stderr)
+                      "set loss.depth_normalization=true (scale-free warping) with loss.scale_anchor_weight > 0 "
+                      "(or velocity_weight > 0), or use pretrained encoder weights (model.pretrained)", file=sys.stderr)
 
     # ---------------------------------------------------------------- loops
     def _budget_exhausted(self, start_time: float) -> bool:
