@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
 
     from semdepth_core.config import load_config
-    from training.filter_dataset import filter_dataset
+    from training.filter_dataset import filter_dataset, require_kept
 
     train_roots = drive_roots(config, base, TRAIN_SEEDS, LEAD_SEEDS)
     lead_test = combined_root(drive_roots(config, base, LEAD_TEST_SEEDS, LEAD_TEST_SEEDS), root / "test_lead")
@@ -150,14 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     pr = precision_recall(flagged, truth)
 
     # stage 2: from scratch on the kept images ----------------------------------------------
-    s2_over = overrides + [f"data.train_split={(f_dir / 'kept.txt').relative_to(REPO)}"]
     s2_dir = root / "stage2"
-    run_training(config, s2_dir, budget, s2_over)
-    s2_ckpt = final_checkpoint(s2_dir)
+    todo = [("stage1", s1_dir, s1_ckpt)]
+    try:
+        require_kept(report)
+    except ValueError as exc:  # nothing left to train on: report stage 1 and the filter
+        stage2_not_run = str(exc)
+        print(f"[bench] stage 2 not run: {exc}")
+    else:
+        stage2_not_run = None
+        s2_over = overrides + [f"data.train_split={(f_dir / 'kept.txt').relative_to(REPO)}"]
+        run_training(config, s2_dir, budget, s2_over)
+        todo.append(("stage2", s2_dir, final_checkpoint(s2_dir)))
 
     # evaluation ---------------------------------------------------------------------------
     stages, rows = {}, []
-    for name, run_dir, ckpt in (("stage1", s1_dir, s1_ckpt), ("stage2", s2_dir, s2_ckpt)):
+    for name, run_dir, ckpt in todo:
         lead_m = evaluate_checkpoint(ckpt, lead_test, run_dir / "eval_test_lead.json", True)
         plain_m = evaluate_checkpoint(ckpt, plain_test, run_dir / "eval_test_plain.json", True)
         stats = run_stats(run_dir)
@@ -176,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                      "abs_rel(lead)": lead_m["abs_rel"], "abs_rel(no lead)": plain_m["abs_rel"]})
     print_table(rows)
     f1 = stages["stage1"]["infinite_depth_fraction"]
-    f2 = stages["stage2"]["infinite_depth_fraction"]
-    ratio = (f2 / f1) if f1 else None
+    f2 = stages["stage2"]["infinite_depth_fraction"] if "stage2" in stages else None
+    ratio = (f2 / f1) if (f1 and f2 is not None) else None
     filt = {"images": report["images"], "dropped": report["dropped"], "fraction_dropped": report["fraction_dropped"],
             "dropped_lead_drives": per_kind["lead"][0], "images_lead_drives": per_kind["lead"][1],
             "dropped_plain_drives": per_kind["plain"][0], "images_plain_drives": per_kind["plain"][1],
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(config.relative_to(REPO)), "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
         "lead_car_seeds": list(LEAD_SEEDS), "val_seeds": list(VAL_SEEDS),
         "test_lead_seeds": list(LEAD_TEST_SEEDS), "test_plain_seeds": list(TEST_SEEDS),
-        "filter": filt, "stages": stages,
+        "filter": filt, "stages": stages, "stage2_not_run": stage2_not_run,
         "infinite_fraction_ratio": ratio,
         "meets_target": (ratio is not None and ratio <= TARGET_RATIO),
         "bench_wall_s": time.monotonic() - t_start, "table": rows}, quick=args.quick)

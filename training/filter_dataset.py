@@ -80,6 +80,18 @@ def _overlay(rgb: np.ndarray, below: np.ndarray) -> np.ndarray:
     return out
 
 
+def require_kept(report: dict) -> None:
+    """Stage 2 needs training images: a clear error when the filter dropped every one of them."""
+    if report["images"] and report["dropped"] >= report["images"]:
+        counts = sorted(r["count"] for r in report.get("per_image", []))
+        median = counts[len(counts) // 2] if counts else "?"
+        raise ValueError(
+            f"the ground-plane filter dropped all {report['images']} training images (median {median} pixels "
+            f"below the plane, threshold {report['threshold_pixels']}, margin {report['margin_m']} m): the "
+            "stage-1 depth is too inaccurate near the ground for the §4.3 test; train stage 1 longer, or raise "
+            "two_stage.margin / two_stage.max_below_pixels")
+
+
 def filter_dataset(cfg: Config, checkpoint: str | Path, out_dir: str | Path, backend: str = "torch",
                    device: str = "cpu", progress: bool = True) -> dict:
     """Run the stage-1 model over the training images; write kept/dropped splits and a report."""

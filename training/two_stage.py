@@ -41,7 +41,7 @@ def _stage_checkpoint(run_dir: Path) -> Path:
 def run_two_stage(config_path: str, overrides: list[str], device: str | None = None) -> dict:
     """Run (or resume) stage 1, the filter and stage 2; return the state dict with all paths."""
     from training import train
-    from training.filter_dataset import filter_dataset
+    from training.filter_dataset import filter_dataset, require_kept
 
     cfg = load_config(config_path, overrides)
     name = cfg.train.name
@@ -70,6 +70,7 @@ def run_two_stage(config_path: str, overrides: list[str], device: str | None = N
 
     stage2_dir = out_root / f"{name}_stage2"
     if "stage2" not in state["done"]:
+        require_kept(json.loads((filter_dir / "report.json").read_text()))
         rc = train.main(["--config", config_path, *sum((["--set", o] for o in overrides), []),
                          "--set", f"train.name={name}_stage2", "--set", f"data.train_split={state['kept_split']}",
                          "--resume", "auto", *dev])
