@@ -367,6 +367,15 @@ def test_depth_scale_terms_of_normalised_training():
     torch.manual_seed(0)
     z = vel(still, inv_depths, pose_vecs, K)
     assert z["velocity"].item() == 0.0 and z["scale_anchor"].item() > 0
+    mixed = {**batch, "speed": torch.tensor([8.0, 0.0])}  # one sample moved, one stood still: each gets its term
+    torch.manual_seed(0)
+    m = vel(mixed, inv_depths, pose_vecs, K)
+    expected_vel = torch.stack([(d[:1].mean().log() - expected_target[0].log()).abs() for d in inv_depths]).mean()
+    expected_anchor = torch.stack([(d[1:].mean().log() - math.log(0.1)).abs() for d in inv_depths]).mean()
+    torch.testing.assert_close(m["velocity"], expected_vel)
+    torch.testing.assert_close(m["scale_anchor"], expected_anchor)
+    torch.testing.assert_close(m["total"], m["photometric"] + 1e-3 * m["smoothness"] + 0.1 * m["velocity"]
+                               + 0.01 * m["scale_anchor"])
     with pytest.raises(ValueError, match="translation"):
         velocity_mean_inv_depth(t[..., :2], batch["speed"], batch["dt"], 0.02, 5.0)
 

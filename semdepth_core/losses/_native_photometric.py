@@ -35,13 +35,21 @@ static void FN(hsum3)(const T *r, T *o, long W) {  /* 3-tap row sum, reflected a
     o[W - 1] = r[W - 2] + r[W - 1] + r[W - 2];
 }
 
-void FN(photometric_fwd)(const T *x, const T *y, T *loss, T *D, long G, long B, long C, long H, long W,
-                         double alpha_d, int need_grad, int threads) {
+int FN(photometric_fwd)(const T *x, const T *y, T *loss, T *D, long G, long B, long C, long H, long W,
+                        double alpha_d, int need_grad, int threads) {
     const long HW = H * W, planes = G * B * C;
     const T alpha = (T)alpha_d, c1 = (T)1e-4, c2 = (T)9e-4, ninth = (T)(1.0 / 9.0), invC = (T)1 / (T)C;
-    #pragma omp parallel for num_threads(threads) schedule(static)
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+    T *h = (T *)malloc(sizeof(T) * (5 * HW + 3 * W));  /* scratch, one per thread */
+    #pragma omp for schedule(static)
     for (long gb = 0; gb < G * B; ++gb) {
-        T *h = (T *)malloc(sizeof(T) * (5 * HW + 3 * W));
+        if (!h) {
+            #pragma omp atomic write
+            failed = 1;
+            continue;
+        }
         T *hx = h, *hy = h + HW, *hxx = h + 2 * HW, *hyy = h + 3 * HW, *hxy = h + 4 * HW;
         T *sq = h + 5 * HW, *sq2 = sq + W, *sq3 = sq2 + W;
         T *l = loss + gb * HW;
@@ -86,21 +94,31 @@ void FN(photometric_fwd)(const T *x, const T *y, T *loss, T *D, long G, long B, 
                 }
             }
         }
-        free(h);
     }
+    free(h);
+    }
+    return failed;  /* 1: out of memory for the scratch */
 }
 
 /* gl [G,B,H,W] = dLoss/dloss; returns gx [G,B,C,H,W] = dLoss/dx. The box-sum adjoint is taken on
    the padded (H+2)x(W+2) grid (padded row P gets the windows centred on rows P-2..P) and folded
    back through the reflection (padded 0 -> 1, 1..H -> 0..H-1, H+1 -> H-2; same for columns). */
-void FN(photometric_bwd)(const T *gl, const T *x, const T *y, const T *D, T *gx, long G, long B, long C,
-                         long H, long W, double alpha_d, int threads) {
+int FN(photometric_bwd)(const T *gl, const T *x, const T *y, const T *D, T *gx, long G, long B, long C,
+                        long H, long W, double alpha_d, int threads) {
     const long HW = H * W, planes = G * B * C;
     const T alpha = (T)alpha_d, ninth = (T)(1.0 / 9.0);
     const T k_ssim = -alpha / (2 * (T)C), k_l1 = (1 - alpha) / (T)C;
-    #pragma omp parallel for num_threads(threads) schedule(static)
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+    T *buf = (T *)malloc(sizeof(T) * (3 * HW + 3 * W));  /* scratch, one per thread */
+    #pragma omp for schedule(static)
     for (long gb = 0; gb < G * B; ++gb) {
-        T *buf = (T *)malloc(sizeof(T) * (3 * HW + 3 * W));
+        if (!buf) {
+            #pragma omp atomic write
+            failed = 1;
+            continue;
+        }
         T *h1 = buf, *h2 = buf + HW, *h3 = buf + 2 * HW, *v1 = buf + 3 * HW, *v2 = v1 + W, *v3 = v2 + W;
         const T *g = gl + gb * HW;
         for (long c = 0; c < C; ++c) {
@@ -138,8 +156,10 @@ void FN(photometric_bwd)(const T *gl, const T *x, const T *y, const T *D, T *gx,
                 o[W - 2] += (v1[W - 1] + 2 * xr[W - 2] * v2[W - 1] + yr[W - 2] * v3[W - 1]) * ninth;
             }
         }
-        free(buf);
     }
+    free(buf);
+    }
+    return failed;
 }
 """
 
@@ -187,6 +207,8 @@ def load() -> ctypes.CDLL | None:
     global _lib, _tried
     if os.environ.get("SEMDEPTH_NATIVE", "1") == "0":
         return None
+    if _tried:  # called for every loss evaluation: no lock once decided
+        return _lib
     with _lock:
         if _tried:
             return _lib
@@ -200,12 +222,12 @@ def load() -> ctypes.CDLL | None:
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             log.warning("fused photometric kernel unavailable (%s); using the torch implementation", exc)
             return None
-        for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-            ptr, lng = ctypes.c_void_p, ctypes.c_long
-            getattr(lib, f"photometric_fwd_{suffix}").argtypes = [ptr] * 4 + [lng] * 5 + [
-                ctypes.c_double, ctypes.c_int, ctypes.c_int]
-            getattr(lib, f"photometric_bwd_{suffix}").argtypes = [ptr] * 5 + [lng] * 5 + [
-                ctypes.c_double, ctypes.c_int]
+        ptr, lng = ctypes.c_void_p, ctypes.c_long
+        for suffix in ("f32", "f64"):
+            fwd, bwd = getattr(lib, f"photometric_fwd_{suffix}"), getattr(lib, f"photometric_bwd_{suffix}")
+            fwd.argtypes = [ptr] * 4 + [lng] * 5 + [ctypes.c_double, ctypes.c_int, ctypes.c_int]
+            bwd.argtypes = [ptr] * 5 + [lng] * 5 + [ctypes.c_double, ctypes.c_int]
+            fwd.restype = bwd.restype = ctypes.c_int
         _lib = lib
         return _lib
 
@@ -226,9 +248,11 @@ def forward(lib: ctypes.CDLL, x: torch.Tensor, y: torch.Tensor, alpha: float, ne
     G, B, C, H, W = x.shape
     loss = torch.empty(G, B, 1, H, W, dtype=x.dtype)
     D = torch.empty(3, G, B, C, H, W, dtype=x.dtype) if need_grad else None
-    getattr(lib, f"photometric_fwd_{_suffix(x)}")(
+    failed = getattr(lib, f"photometric_fwd_{_suffix(x)}")(
         x.data_ptr(), y.data_ptr(), loss.data_ptr(), D.data_ptr() if D is not None else None,
         G, B, C, H, W, float(alpha), int(need_grad), torch.get_num_threads())
+    if failed:
+        raise MemoryError(f"fused photometric kernel: no memory for its scratch ({H}x{W} images)")
     return loss, D
 
 
@@ -238,7 +262,9 @@ def backward(lib: ctypes.CDLL, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     g, x, y = g.to(x.dtype).contiguous(), x.contiguous(), y.contiguous()
     G, B, C, H, W = x.shape
     gx = torch.empty_like(x)
-    getattr(lib, f"photometric_bwd_{_suffix(x)}")(
+    failed = getattr(lib, f"photometric_bwd_{_suffix(x)}")(
         g.data_ptr(), x.data_ptr(), y.data_ptr(), D.data_ptr(), gx.data_ptr(),
         G, B, C, H, W, float(alpha), torch.get_num_threads())
+    if failed:
+        raise MemoryError(f"fused photometric kernel: no memory for its scratch ({H}x{W} images)")
     return gx

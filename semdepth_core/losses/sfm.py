@@ -126,18 +126,19 @@ class SfmLoss(nn.Module):
         if has_speed and not normalize:  # metric pose: the blog's velocity term on ||t||
             velocity = velocity_loss(pose_vecs[..., :3], batch["speed"], batch["dt"])
             total = total + cfg.velocity_weight * velocity
-        elif normalize:  # scale-free warp: the velocity (or the anchor) sets the depth scale instead
-            moved = None
+        elif normalize:  # scale-free warp: the velocity sets each moving sample's depth scale, the anchor the rest
+            moved = torch.zeros(B, dtype=torch.bool, device=total.device)
             if has_speed:
                 moved = (batch["speed"][:, None] * batch["dt"].abs()).min(dim=1).values > self.MIN_TRAVEL_M  # [B]
-            if moved is not None and bool(moved.any()):
+            if bool(moved.any()):
                 target = velocity_mean_inv_depth(pose_vecs[moved, :, :3], batch["speed"][moved],
                                                  batch["dt"][moved], *self.mean_inv_range)  # [B']
                 velocity = torch.stack([depth_scale_loss(inv_depths[s][moved], target)
                                         for s in range(num_scales)]).mean()
                 total = total + cfg.velocity_weight * velocity
-            elif cfg.scale_anchor_weight > 0:
-                anchor = torch.stack([depth_scale_loss(inv_depths[s], 1.0 / cfg.scale_anchor_depth)
+            still = ~moved
+            if cfg.scale_anchor_weight > 0 and bool(still.any()):
+                anchor = torch.stack([depth_scale_loss(inv_depths[s][still], 1.0 / cfg.scale_anchor_depth)
                                       for s in range(num_scales)]).mean()
                 total = total + cfg.scale_anchor_weight * anchor
 
