@@ -99,7 +99,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(p, FULL_BUDGET_MIN)
     p.add_argument("--depth-net", choices=sorted(CONFIGS_BY_NET), default="resnet18",
                    help="synthetic_resnet18.yaml (default) or the ImageNet-initialised synthetic_mobilenetv2.yaml")
-    return p.parse_args(argv)
+    p.add_argument("--automask", choices=("on", "off"), default="on",
+                   help="Monodepth2 auto-masking in both stages (on: the config, as in the paper). The synthetic lead "
+                        "car keeps an exact constant gap, so it looks identical in all three frames and auto-masking "
+                        "removes it from the loss; 'off' lets the photometric loss pull it to infinity, the bias "
+                        "that §4.3 removes. Results of 'off' go to NAME_automask_off.json")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for both stages and the filter (repeatable; needs --tag)")
+    p.add_argument("--tag", default="", help="name of a --set variant: its runs go under TAG/, its results to NAME_TAG.json")
+    args = p.parse_args(argv)
+    if args.sets and not args.tag:
+        p.error("--set needs --tag (a variant's runs and results must not overwrite the plain ones)")
+    if args.tag and not args.tag.replace("_", "").isalnum():
+        p.error(f"--tag must be letters, digits and underscores, got {args.tag!r}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     config = CONFIGS_BY_NET[args.depth_net]
     if args.depth_net != "resnet18":
         root = root / args.depth_net
+    if args.automask == "off":
+        root = root / "automask_off"
+    if args.tag:
+        root = root / args.tag
     base = data_overrides(args.quick, args.frames, args.max_steps)
-    overrides = base + stage_overrides()
+    overrides = base + stage_overrides() + (["loss.automask=false"] if args.automask == "off" else []) + list(args.sets)
     t_start = time.monotonic()
 
     from semdepth_core.config import load_config
@@ -194,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                   "gt_positive": filt["gt_positive_frames"], "precision": pr["precision"] if pr["precision"] is not None else "n/a",
                   "recall": pr["recall"] if pr["recall"] is not None else "n/a"}])
     print(f"infinite-depth fraction stage 2 / stage 1: {ratio if ratio is not None else 'n/a'} (target <= {TARGET_RATIO})")
-    name = "two_stage_synthetic" + ("" if args.depth_net == "resnet18" else f"_{args.depth_net}")
+    name = ("two_stage_synthetic" + ("" if args.depth_net == "resnet18" else f"_{args.depth_net}")
+            + ("_automask_off" if args.automask == "off" else "") + (f"_{args.tag}" if args.tag else ""))
     path = write_result(name, {
-        "config": str(config.relative_to(REPO)), "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
+        "config": str(config.relative_to(REPO)), "automask": args.automask == "on", "overrides": overrides,
+        "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
         "lead_car_seeds": list(LEAD_SEEDS), "val_seeds": list(VAL_SEEDS),
         "test_lead_seeds": list(LEAD_TEST_SEEDS), "test_plain_seeds": list(TEST_SEEDS),
         "filter": filt, "stages": stages, "stage2_not_run": stage2_not_run,

@@ -39,6 +39,14 @@ def test_guided_and_two_stage_args():
     t = tss.parse_args([])
     assert tss.budget_of(t, tss.FULL_BUDGET_MIN) == 12.0 and t.depth_net == "resnet18"
     assert tss.parse_args(["--depth-net", "mobilenetv2"]).depth_net == "mobilenetv2"
+    assert t.automask == "on" and tss.parse_args(["--automask", "off"]).automask == "off"
+    with pytest.raises(SystemExit):
+        tss.parse_args(["--automask", "maybe"])
+    v = tss.parse_args(["--set", "loss.upsample_scales=false", "--tag", "coarse_losses"])
+    assert v.sets == ["loss.upsample_scales=false"] and v.tag == "coarse_losses"
+    for bad in (["--set", "loss.automask=false"], ["--tag", "../x"]):  # a variant needs a safe name
+        with pytest.raises(SystemExit):
+            tss.parse_args(bad)
     assert tss.budget_of(tss.parse_args(["--quick"]), tss.FULL_BUDGET_MIN) == ts.QUICK_BUDGET_MIN
 
 
@@ -232,3 +240,40 @@ def test_pose_oracle_arms_and_pose_errors():
     backwards = true.clone()
     backwards[..., :3] *= -1
     assert po.pose_errors(backwards, T)[0] == pytest.approx(-1.0)
+
+
+def test_error_breakdown_cells_on_constructed_maps():
+    from benchmarks import error_breakdown as eb
+
+    gt = np.array([[2.0, 2.0, 10.0, 10.0], [30.0, 30.0, 0.0, 100.0]])  # 0: no GT, 100: beyond the last bin
+    pred = np.array([[4.0, 4.0, 10.0, 5.0], [30.0, 60.0, 7.0, 7.0]])
+    sem = np.array([[26, 26, 0, 0], [0, 0, 0, 0]])
+    dyn = np.zeros_like(sem, dtype=bool)
+    dyn[1, 1] = True
+    groups = eb.group_masks(sem, dyn, car_id=26)
+    assert sum(m.astype(int) for m in groups.values()).max() == 1  # disjoint
+    bd = eb.Breakdown(bins=(0, 4, 20, 80))
+    bd.add(pred, gt, groups, {"gt": np.full(gt.shape, 0.5)})
+    rows = {(r["group"], r["gt_depth_m"]): r for r in bd.rows()}
+    assert bd.total_pixels == 6
+    car = rows[("parked car", "0-4")]
+    assert car["abs_rel"] == pytest.approx(1.0) and car["mean_log_pred_over_gt"] == pytest.approx(np.log(2))
+    assert car["pixel_share"] == pytest.approx(2 / 6) and car["photo_gt"] == pytest.approx(0.5)
+    assert rows[("other", "4-20")]["abs_rel"] == pytest.approx(0.25)  # (0 + 0.5) / 2
+    assert rows[("moving object", "20-80")]["abs_rel"] == pytest.approx(1.0)
+    assert bd.abs_rel == pytest.approx((2 * 1.0 + 0.5 + 0 + 1.0) / 6)
+    assert sum(r["abs_rel_share"] for r in bd.rows()) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        eb.Breakdown(bins=(0, 4, 4))
+    with pytest.raises(ValueError):
+        bd.add(pred[:1], gt, groups)
+
+
+def test_error_breakdown_median_scale():
+    from benchmarks import error_breakdown as eb
+
+    gt = np.array([[1.0, 2.0, 3.0, 0.0]])
+    out = eb.median_scale(np.array([[2.0, 4.0, 6.0, 9.0]]), gt, 0.0, 80.0)
+    np.testing.assert_allclose(out, [[1.0, 2.0, 3.0, 4.5]])
+    with pytest.raises(ValueError, match="no ground-truth"):
+        eb.median_scale(gt, np.zeros_like(gt), 0.0, 80.0)
