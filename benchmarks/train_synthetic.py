@@ -123,6 +123,18 @@ def final_checkpoint(run_dir: Path) -> Path:
     return best if best.is_file() else Path(run_dir) / "last.ckpt"
 
 
+def config_fingerprint(config: str | Path, overrides: list[str]) -> str:
+    """sha256 of the effective training config (YAML + overrides), without the run's name, folder and budget."""
+    import hashlib
+
+    from semdepth_core.config import config_to_dict, load_config
+
+    d = config_to_dict(load_config(config, overrides))
+    for key in ("name", "out_dir", "max_minutes", "tensorboard"):
+        d.get("train", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides: list[str],
                  log_to: Path | None = None) -> dict:
     """Train (or continue) one run through `training.train.main` with a wall-clock budget.
@@ -135,11 +147,13 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
 
     run_dir = Path(run_dir)
     marker = run_dir / DONE_MARKER
+    fingerprint = config_fingerprint(config, overrides)
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done.get("overrides") != overrides:
-            raise SystemExit(f"error: {run_dir} was trained with other settings {done.get('overrides')}; "
-                             f"delete it to retrain with {overrides}")
+        if done.get("config_sha256") != fingerprint:  # a changed YAML file counts, not only the overrides
+            raise SystemExit(f"error: {run_dir} was trained with another effective config (overrides "
+                             f"{done.get('overrides')}, config sha256 {done.get('config_sha256', 'not recorded')}); "
+                             f"delete it to retrain with {config} {overrides}")
         if done.get("budget_min", 0) >= budget_min - 1e-9 or done.get("event") == "done":
             print(f"[bench] reusing finished run {run_dir}")
             return done
@@ -155,7 +169,8 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
     events = read_log(run_dir)["events"]
     done = {"budget_min": budget_min, "event": events[-1]["event"] if events else "",
             "message": events[-1].get("message", "") if events else "",
-            "last_invocation_wall_s": time.monotonic() - t0, "config": str(config), "overrides": overrides}
+            "last_invocation_wall_s": time.monotonic() - t0, "config": str(config), "overrides": overrides,
+            "config_sha256": fingerprint}
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(done, indent=2))
     os.replace(tmp, marker)

@@ -277,3 +277,20 @@ def test_error_breakdown_median_scale():
     np.testing.assert_allclose(out, [[1.0, 2.0, 3.0, 4.5]])
     with pytest.raises(ValueError, match="no ground-truth"):
         eb.median_scale(gt, np.zeros_like(gt), 0.0, 80.0)
+
+
+def test_finished_run_is_reused_only_with_the_same_effective_config(tmp_path):
+    cfg = ts.CONFIGS / "synthetic_mobilenetv2.yaml"
+    over = ts.data_overrides(True)
+    fp = ts.config_fingerprint(cfg, over)
+    assert fp == ts.config_fingerprint(cfg, over + ["train.name=other", "train.max_minutes=3"])
+    assert fp != ts.config_fingerprint(cfg, over + ["loss.smoothness_weight=0.01"])
+    assert fp != ts.config_fingerprint(ts.CONFIGS / "synthetic_resnet18.yaml", over)
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = {"budget_min": 20.0, "event": "stop", "overrides": over, "config_sha256": fp}
+    (run / ts.DONE_MARKER).write_text(json.dumps(marker))
+    assert ts.run_training(cfg, run, 20.0, over)["config_sha256"] == fp  # reused: no training started
+    (run / ts.DONE_MARKER).write_text(json.dumps({**marker, "config_sha256": "0" * 64}))  # the YAML changed since
+    with pytest.raises(SystemExit, match="another effective config"):
+        ts.run_training(cfg, run, 20.0, over)
