@@ -124,7 +124,8 @@ def final_checkpoint(run_dir: Path) -> Path:
 
 
 def config_fingerprint(config: str | Path, overrides: list[str]) -> str:
-    """sha256 of the effective training config (YAML + overrides), without the run's name, folder and budget."""
+    """sha256 of the effective training config (YAML + overrides), without the run's name, folder, budget
+    and the two-stage filter settings."""
     import hashlib
 
     from semdepth_core.config import config_to_dict, load_config
@@ -132,6 +133,7 @@ def config_fingerprint(config: str | Path, overrides: list[str]) -> str:
     d = config_to_dict(load_config(config, overrides))
     for key in ("name", "out_dir", "max_minutes", "tensorboard"):
         d.get("train", {}).pop(key, None)
+    d.pop("two_stage", None)  # the stage-1 filter's settings do not change how a run trains
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -154,6 +154,9 @@ class TrainConfig:
 class TwoStageConfig:
     """Two-stage training against infinite depth (paper §4.3): the stage-1 filter's settings."""
     margin: float = 0.5  # metres a point must lie below the fitted ground plane to count
+    # ... plus this many metres per metre of its depth: tolerates a plane fit tilted by up to ~2.9 degrees
+    # (on held-out synthetic drives a stage-1 model's correct far road fell below an untolerant plane)
+    margin_slope: float = 0.05
     max_below_pixels: int = 10  # drop a training image when more pixels than this fall below (§4.3)
     camera_height: float = 1.65  # known mounting height (m) making stage-1 depth metric; 0 = depth as is
     row_fraction: float = 0.6  # the ground is fitted on rows below this fraction of the image height
@@ -283,6 +286,7 @@ def _validate_ranges(cfg: Config) -> None:
         ("optim.step_epochs", cfg.optim.step_epochs >= 1, "must be >= 1"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("two_stage.margin", cfg.two_stage.margin >= 0, "must be >= 0"),
+        ("two_stage.margin_slope", cfg.two_stage.margin_slope >= 0, "must be >= 0"),
         ("two_stage.max_below_pixels", cfg.two_stage.max_below_pixels >= 0, "must be >= 0"),
         ("two_stage.camera_height", cfg.two_stage.camera_height >= 0, "must be >= 0"),
         ("two_stage.row_fraction", 0 <= cfg.two_stage.row_fraction < 1, "must be in [0, 1)"),

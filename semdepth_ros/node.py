@@ -33,7 +33,23 @@ metric checkpoint), `fixed` (multiply by `scale.value`), `odometry` (pose networ
 consecutive processed frames: scale = |v| dt / |t_hat| with |v| from nav_msgs/Odometry twist
 (mean of the samples nearest to both frame stamps),
 robust rolling median with outlier rejection, held while |v| < `scale.min_speed`; until the
-first estimate depth is published in model units and diagnostics say so).
+first estimate depth is published in model units and diagnostics say so), `camera_height`
+(a GT- and odometry-free fallback: per processed frame, the scale that puts the RANSAC ground
+plane of the predicted depth (network resolution, CameraInfo intrinsics rescaled to it, rows
+below 60% of the height) `scale.camera_height` metres below the camera, smoothed by a rolling
+median over the last `scale.window` frames with a ground fit; a frame without a ground fit, or
+without usable CameraInfo, holds the last value; until the first estimate depth is published in
+model units and diagnostics say so, as in `odometry`).
+
+Infinite-depth hole check (`ground_check.enabled`, paper §4.3, off by default): per processed
+frame the ground plane is fitted to the network-resolution depth (made metric by the known
+scale when there is one: `fixed`, a `camera_height`/`odometry` estimate, or a metric
+checkpoint; else by the frame's own camera-height scale with `ground_check.camera_height`, as
+training.filter_dataset does) and the pixels more than `ground_check.margin` metres below it are
+counted; a frame with more than `ground_check.max_below_pixels` is flagged, and /diagnostics
+goes WARN ("infinite-depth hole: N pixels below the ground plane") while recent frames are
+flagged. Frames without a ground fit or CameraInfo count as unchecked. Keys
+`ground_check.frames_checked|frames_flagged|frames_unchecked|last_count`, stage `time_ms.ground`.
 
 Bad input never stops the node: an image it cannot decode, a CameraInfo of another size
 (intrinsics rescaled with the half-pixel rule), a CameraInfo without intrinsics, odometry with
@@ -55,10 +71,11 @@ import numpy as np
 from semdepth_ros import conversions as C
 
 NODE_NAME = "depth_node"
-SCALE_MODES = ("none", "model", "fixed", "odometry")
+SCALE_MODES = ("none", "model", "fixed", "odometry", "camera_height")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
 OUTPUT_TOPICS = ("depth", "depth/camera_info", "semantic", "semantic/color", "points")
+ESTIMATED_SCALE_MODES = ("odometry", "camera_height")  # model units until the first estimate
 
 
 # ----------------------------------------------------------------------------------- parameters
@@ -81,6 +98,10 @@ def _positive(v):
 
 def _non_negative(v):
     return None if (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0) else f"must be >= 0, got {v!r}"
+
+
+def _non_negative_int(v):
+    return None if v >= 0 else f"must be >= 0, got {v}"
 
 
 def _net_size(v):
@@ -113,7 +134,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("points.exclude_labels", [10], "semantic trainIds left out of the cloud (10 = sky)", _labels),
     ParamSpec("scale.mode", "none", f"metric scale: {list(SCALE_MODES)}", _in(SCALE_MODES)),
     ParamSpec("scale.value", 1.0, "scale factor for scale.mode fixed", _positive),
-    ParamSpec("scale.window", 30, "odometry scale: rolling-median window (frame pairs)",
+    ParamSpec("scale.window", 30, "odometry / camera_height scale: rolling-median window (frame pairs / frames)",
               lambda v: None if 1 <= v <= 10000 else f"must be in 1..10000, got {v}"),
     ParamSpec("scale.min_speed", 1.0, "odometry scale: hold the estimate below this speed (m/s)", _non_negative),
     ParamSpec("scale.outlier_ratio", 0.3, "odometry scale: reject ratios off the median by more than this "
@@ -121,6 +142,17 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("scale.odom_timeout", 0.5, "odometry scale: max |odom stamp - image stamp| (s)", _positive),
     ParamSpec("scale.max_frame_gap", 1.0, "odometry scale: ignore frame pairs further apart than this (s)",
               _positive),
+    ParamSpec("scale.camera_height", 1.65, "camera_height scale: camera height above the ground (m)", _positive),
+    ParamSpec("ground_check.enabled", False, "count pixels predicted below the ground plane (infinite-depth "
+              "holes, paper §4.3) on every processed frame and report them on /diagnostics"),
+    ParamSpec("ground_check.margin", 0.5, "ground check: a pixel counts when more than this below the ground (m)",
+              _non_negative),
+    ParamSpec("ground_check.margin_slope", 0.05, "ground check: plus this many metres per metre of the pixel's "
+              "depth (tolerates a slightly tilted plane fit at range; two_stage.margin_slope)", _non_negative),
+    ParamSpec("ground_check.max_below_pixels", 10, "ground check: flag a frame with more pixels than this below "
+              "the ground (network-resolution pixels)", _non_negative_int),
+    ParamSpec("ground_check.camera_height", 1.65, "ground check: camera height (m) used to make scale-free depth "
+              "metric before the margin test (unused when the metric scale is known)", _positive),
     ParamSpec("diagnostics_period", 1.0, "period of /diagnostics (s)", _positive, read_only=True),
     ParamSpec("error_log_period", 5.0, "repeated errors of one kind are logged at most once per period (s)",
               _positive),
@@ -267,6 +299,13 @@ def _make_node_class():
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from semdepth_core.data.labels import colorize
+    from semdepth_core.infer.ground import (
+        CameraHeightScaleEstimator,
+        HoleCheck,
+        HoleCheckStats,
+        infinite_depth_check,
+    )
+    from semdepth_core.infer.processing import inv_depth_to_depth
 
     ptype = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -301,6 +340,8 @@ def _make_node_class():
             self._points_msg = None  # reused buffer (already published)
             self._prev = None  # (rgb, stamp_ns) for the odometry scale
             self._scale_est = None
+            self._height_est = None  # CameraHeightScaleEstimator for scale.mode camera_height
+            self._ground_stats = HoleCheckStats()
             self._scale_value = 1.0
             self._scale_known = True
             self._sizes_logged: set = set()
@@ -322,10 +363,11 @@ def _make_node_class():
                 if reason:
                     return SetParametersResult(successful=False, reason=reason)
             changed = {prm.name for prm in params}
-            if changed & {"scale.mode", "scale.window", "scale.min_speed", "scale.outlier_ratio"}:
+            if changed & {"scale.mode", "scale.window", "scale.min_speed", "scale.outlier_ratio",
+                          "scale.camera_height"}:
                 self._scale_reset_pending = True
                 new_mode = next((prm.value for prm in params if prm.name == "scale.mode"), self.p("scale.mode"))
-                self._scale_known = new_mode != "odometry"  # the reset drops the estimate
+                self._scale_known = new_mode not in ESTIMATED_SCALE_MODES  # the reset drops the estimate
             if "error_log_period" in changed:
                 for prm in params:
                     if prm.name == "error_log_period":
@@ -362,7 +404,8 @@ def _make_node_class():
                 self.warn_log("scale", "scale.mode 'model' but the checkpoint was trained without velocity "
                               "supervision: its depth is not metric")
             self._reset_scale()
-            self._scale_known = self.p("scale.mode") != "odometry"  # no estimate before the first frame pair
+            # no estimate before the first frame pair / the first frame with a ground fit
+            self._scale_known = self.p("scale.mode") not in ESTIMATED_SCALE_MODES
             sensor = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in
                                    ("history", "depth", "reliability", "durability")})
             over = QoSOverridingOptions.with_default_policies()
@@ -480,9 +523,20 @@ def _make_node_class():
             t1 = time.perf_counter()
             pred = self.predictor.predict(rgb)
             t2 = time.perf_counter()
-            scale = self._update_scale(rgb, stamp_ns(msg.header))
+            ground_check = self.p("ground_check.enabled")
+            depth_net = K_net = None
+            if ground_check or self.p("scale.mode") == "camera_height":
+                # the ground plane is fitted at the network resolution, clamped like the published depth
+                depth_net = inv_depth_to_depth(pred.inv_depth, self.predictor.min_depth, self.predictor.max_depth)
+                K_net = self._network_K(depth_net.shape[1], depth_net.shape[0])
+            scale = self._update_scale(rgb, stamp_ns(msg.header), depth_net, K_net)
             depth = pred.depth if scale == 1.0 else pred.depth * np.float32(scale)
             t3 = time.perf_counter()
+            if ground_check:
+                self._check_ground(depth_net, K_net, scale)
+                t3g = time.perf_counter()
+                self.times.add("ground", (t3g - t3) * 1e3)
+                t3 = t3g
             header = msg.header
             H, W = depth.shape
             if subs["depth"]:
@@ -547,6 +601,54 @@ def _make_node_class():
                         "(half-pixel rule)")
             return C.scaled_camera_info(ci, W, H)
 
+        def _network_K(self, w: int, h: int) -> np.ndarray | None:
+            """Intrinsics of the network input (w x h) from the latest CameraInfo (None, warned, when unusable)."""
+            with self._lock:
+                ci = self._camera_info
+            if ci is None:
+                self.warn_log("ground_no_camera_info", f"no CameraInfo received on "
+                              f"{self.resolve_topic_name('camera_info')} yet: the camera-height scale and the "
+                              "ground check need the intrinsics")
+                return None
+            try:
+                K = C.camera_info_to_K(ci)
+                if ci.width <= 0 or ci.height <= 0:
+                    raise ValueError(f"CameraInfo has zero size ({ci.width}x{ci.height})")
+                return C.scale_K(K, (int(ci.width), int(ci.height)), (int(w), int(h)))  # half-pixel rule
+            except ValueError as exc:
+                self.warn_log("ground_camera_info", f"camera_info on {self.resolve_topic_name('camera_info')}: "
+                              f"{exc}; no camera-height scale / ground check for this frame")
+                return None
+
+        def _check_ground(self, depth_net, K_net, scale: float) -> None:
+            """Infinite-depth hole check of one frame (never raises: failures count as unchecked)."""
+            if K_net is None:
+                self._ground_stats.record(HoleCheck(False, 0, False, math.nan, "no usable CameraInfo"))
+                return
+            try:
+                r = infinite_depth_check(depth_net, K_net, margin=self.p("ground_check.margin"),
+                                         margin_slope=self.p("ground_check.margin_slope"),
+                                         max_below_pixels=self.p("ground_check.max_below_pixels"),
+                                         camera_height=self.p("ground_check.camera_height"),
+                                         metric_scale=self._known_metric_scale(scale))
+            except Exception as exc:  # noqa: BLE001 - the check must never cost a frame
+                self.err_log("ground_check", f"ground check failed: {type(exc).__name__}: {exc}")
+                r = HoleCheck(False, 0, False, math.nan, f"{type(exc).__name__}: {exc}")
+            self._ground_stats.record(r)
+            if r.flagged:
+                self.warn_log("ground_check", f"infinite-depth hole: {r.count} pixels below the ground plane "
+                              f"(more than {self.p('ground_check.max_below_pixels')} at "
+                              f"{self.p('ground_check.margin'):g} m + {self.p('ground_check.margin_slope'):g} x depth margin)")
+
+        def _known_metric_scale(self, scale: float) -> float | None:
+            """Metres per published-depth unit when known (ground check margin), else None."""
+            mode = self.p("scale.mode")
+            if mode == "fixed":
+                return float(scale)
+            if mode in ESTIMATED_SCALE_MODES:
+                return float(scale) if self._scale_known else None
+            return 1.0 if self.predictor.is_metric else None  # none / model: metric checkpoints only
+
         # -------------------------------------------------------------------- scale
         _scale_reset_pending = False
 
@@ -555,10 +657,12 @@ def _make_node_class():
 
             self._scale_est = ScaleEstimator(window=self.p("scale.window"), min_speed=self.p("scale.min_speed"),
                                              outlier_ratio=self.p("scale.outlier_ratio"))
+            self._height_est = CameraHeightScaleEstimator(camera_height=self.p("scale.camera_height"),
+                                                          window=self.p("scale.window"))
             self._prev = None
             self._scale_reset_pending = False
 
-        def _update_scale(self, rgb: np.ndarray, t_ns: int) -> float:
+        def _update_scale(self, rgb: np.ndarray, t_ns: int, depth_net=None, K_net=None) -> float:
             if self._scale_reset_pending:
                 self._reset_scale()
             mode = self.p("scale.mode")
@@ -568,6 +672,21 @@ def _make_node_class():
                 return 1.0
             if mode == "fixed":
                 self._scale_value = float(self.p("scale.value"))
+                return self._scale_value
+            if mode == "camera_height":
+                est = self._height_est
+                # no intrinsics = no estimate for this frame: held like a frame without a ground fit
+                try:
+                    value = est.update(depth_net, K_net) if depth_net is not None and K_net is not None \
+                        else est.add_scale(None)
+                except Exception as exc:  # noqa: BLE001 - a failed fit never costs the frame: hold
+                    self.err_log("scale", f"camera-height scale failed: {type(exc).__name__}: {exc}; scale held")
+                    value = est.add_scale(None)
+                if value is None:
+                    self._scale_known = False
+                    self._scale_value = 1.0
+                    return 1.0
+                self._scale_value = float(value)
                 return self._scale_value
             # odometry
             est = self._scale_est
@@ -607,6 +726,8 @@ def _make_node_class():
                 return 1.0
             if mode == "odometry":
                 return float(self._scale_est.confidence) if self._scale_est is not None else 0.0
+            if mode == "camera_height":
+                return float(self._height_est.confidence) if self._height_est is not None else 0.0
             if mode == "model":
                 return 1.0 if (self.predictor is not None and self.predictor.is_metric) else 0.0
             return 1.0 if (self.predictor is not None and self.predictor.is_metric) else 0.0
@@ -658,6 +779,20 @@ def _make_node_class():
                 vals["scale.holding"] = str(self._scale_est.holding)
                 vals["scale.samples"] = self._scale_est.num_samples
                 vals["scale.last_ratio"] = f"{self._scale_est.last_ratio or 0.0:.6g}"
+            if self._height_est is not None and self.p("scale.mode") == "camera_height":
+                he = self._height_est
+                vals["scale.holding"] = str(he.holding)
+                vals["scale.samples"] = he.num_samples
+                vals["scale.last_ratio"] = f"{he.last_scale or 0.0:.6g}"  # the last frame's own scale (0: no fit)
+                vals["scale.no_ground_fit"] = he.no_fit
+            if self.p("ground_check.enabled"):
+                gs = self._ground_stats
+                vals["ground_check.frames_checked"] = gs.checked
+                vals["ground_check.frames_flagged"] = gs.flagged
+                vals["ground_check.frames_unchecked"] = gs.unchecked
+                vals["ground_check.last_count"] = "none" if gs.last_count is None else gs.last_count
+                if gs.last_reason:
+                    vals["ground_check.last_unchecked_reason"] = gs.last_reason
             for kind, n in sorted(self.err_log.counts.items()):
                 vals[f"errors.{kind}"] = n
             for stage, ms in sorted(self.times.means().items()):

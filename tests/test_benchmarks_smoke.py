@@ -283,7 +283,7 @@ def test_finished_run_is_reused_only_with_the_same_effective_config(tmp_path):
     cfg = ts.CONFIGS / "synthetic_mobilenetv2.yaml"
     over = ts.data_overrides(True)
     fp = ts.config_fingerprint(cfg, over)
-    assert fp == ts.config_fingerprint(cfg, over + ["train.name=other", "train.max_minutes=3"])
+    assert fp == ts.config_fingerprint(cfg, over + ["train.name=other", "train.max_minutes=3", "two_stage.margin=2"])
     assert fp != ts.config_fingerprint(cfg, over + ["loss.smoothness_weight=0.01"])
     assert fp != ts.config_fingerprint(ts.CONFIGS / "synthetic_resnet18.yaml", over)
     run = tmp_path / "run"

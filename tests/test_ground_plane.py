@@ -124,6 +124,29 @@ def test_below_ground_count_equals_hole_pixels_below_plane():
     assert 0.5 < res.inlier_fraction <= 1.0
 
 
+def test_margin_slope_tolerates_a_tilted_fit_at_range_but_not_a_hole():
+    # the far road (rows just below the horizon, depth > 20 m: outside the fit region) predicted on a
+    # plane tilted by 1.5 degrees: at depth z it sinks z * tan(1.5 deg) below the fitted near road
+    depth = _road_depth()
+    v = np.arange(H, dtype=np.float64) - K[1, 2]
+    tilt = np.tan(np.deg2rad(1.5))
+    far_rows = (v > 0) & (depth[:, 0] > 20.0) & (depth[:, 0] < 59.0)
+    # ray-plane intersection with the plane y = CAM_HEIGHT + tilt * z: z = CAM_HEIGHT / (v/f - tilt)
+    depth[far_rows] = (CAM_HEIGHT / (v[far_rows] / K[1, 1] - tilt))[:, None]
+    sunk = CAM_HEIGHT / (v[far_rows] / K[1, 1] - tilt) * tilt  # metres below the true road
+    assert sunk.max() > 0.5  # the plain 0.5 m margin counts some of them
+    strict = below_ground_count(depth, K, margin=0.5)
+    assert strict.count == int((sunk > 0.5 + 1e-9).sum()) * W > 0
+    tolerant = below_ground_count(depth, K, margin=0.5, margin_slope=0.05)  # tan(2.9 deg) > tan(1.5 deg)
+    assert tolerant.count == 0
+    depth[40:70, 60:90] = 100.0  # an infinite-depth hole still counts
+    hole = below_ground_count(depth, K, margin=0.5, margin_slope=0.05)
+    y_hole = 100.0 * (np.arange(40, 70) - K[1, 2]) / K[1, 1]  # height below the camera of its points
+    assert hole.count == int((y_hole > CAM_HEIGHT + 0.5 + 0.05 * 100.0).sum()) * 30 > 0
+    with pytest.raises(ValueError, match="margin_slope"):
+        below_ground_count(depth, K, margin_slope=-0.1)
+
+
 def test_below_ground_count_clean_road_is_zero_and_scale_invariant_margin():
     res = below_ground_count(_road_depth(), K, margin=0.2)
     assert res.ok and res.count == 0

@@ -49,6 +49,27 @@ def test_parameter_validation_rules():
     assert N.check_parameter("qos_overrides./x.publisher.depth", 3) is None  # not ours
 
 
+def test_camera_height_and_ground_check_parameter_validation():
+    assert N.check_parameter("scale.mode", "camera_height") is None
+    assert N.check_parameter("scale.camera_height", 1.2) is None and N.check_parameter("scale.camera_height", 2) is None
+    for name in ("scale.camera_height", "ground_check.camera_height"):
+        for bad in (0.0, -1.65, math.nan, math.inf):
+            assert N.check_parameter(name, bad) == f"{name}: must be > 0, got {bad!r}"
+        assert N.check_parameter(name, "1.65") == f"{name}: expected float, got '1.65'"
+    assert N.check_parameter("ground_check.enabled", True) is None
+    assert N.check_parameter("ground_check.enabled", 1) == "ground_check.enabled: expected bool, got 1"
+    assert N.check_parameter("ground_check.margin", 0.0) is None
+    assert N.check_parameter("ground_check.margin", -0.1) == "ground_check.margin: must be >= 0, got -0.1"
+    assert N.check_parameter("ground_check.max_below_pixels", 0) is None
+    assert (N.check_parameter("ground_check.max_below_pixels", -1)
+            == "ground_check.max_below_pixels: must be >= 0, got -1")
+    assert "expected int" in N.check_parameter("ground_check.max_below_pixels", 10.5)
+    defaults = {p.name: p.default for p in N.PARAMS}
+    new = ("scale.camera_height", "ground_check.enabled", "ground_check.margin", "ground_check.max_below_pixels",
+           "ground_check.camera_height")
+    assert [defaults[k] for k in new] == [1.65, False, 0.5, 10, 1.65]
+
+
 def test_config_yaml_lists_every_parameter_with_its_default():
     doc = yaml.safe_load((REPO / "config" / "depth.yaml").read_text())
     (key,) = doc
@@ -553,6 +574,63 @@ def test_odometry_scale_matches_pose_network_and_holds_at_standstill(tmp_path, c
     finally:
         rc = node.stop(signal.SIGINT)
     assert rc == 0
+
+
+@pytest.mark.ros
+def test_camera_height_scale_and_ground_check(tmp_path, checkpoint, kitti_frames, probe):
+    """scale.mode camera_height: model units until CameraInfo gives a ground fit, then depth x the frame's
+    camera-height scale; ground_check: counts on /diagnostics, WARN for a flagged frame, params validated."""
+    from semdepth_core.infer import load_predictor
+    from semdepth_core.infer.ground import frame_camera_height_scale, infinite_depth_check
+    from semdepth_core.infer.processing import inv_depth_to_depth
+
+    frames, K = kitti_frames
+    rgb = frames[0]
+    H, W = rgb.shape[:2]
+    # what the node must compute: network-resolution depth, K rescaled to it (half-pixel rule)
+    pred = load_predictor(checkpoint, backend="torch")
+    raw = pred.predict(rgb)
+    d_net = inv_depth_to_depth(raw.inv_depth, pred.min_depth, pred.max_depth)
+    K_net = C.scale_K(K, (W, H), (d_net.shape[1], d_net.shape[0]))
+    s = frame_camera_height_scale(d_net, K_net, 1.2)
+    # margin 2 cm: the random network's depth is ~constant, so the fitted "ground" has pixels below it
+    hole = infinite_depth_check(d_net, K_net, margin=0.02, margin_slope=0.0, max_below_pixels=10, metric_scale=s)
+    assert s is not None and hole.checked and hole.count > 20, (s, hole.count)  # premise of the checks below
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "scale.mode:=camera_height", "-p", "scale.camera_height:=1.2",
+                                              "-p", "ground_check.enabled:=true", "-p", "ground_check.margin:=0.02",
+                                              "-p", "ground_check.margin_slope:=0.0",
+                                              "-p", "error_log_period:=60.0"] + _reliable_overrides("depth"))
+    try:
+        _wait_serving(probe, node)
+        # no CameraInfo yet: no intrinsics, no estimate -> model units, said so; the frame is unchecked
+        probe.send(rgb, 10)
+        np.testing.assert_allclose(C.image_msg_to_array(probe.wait_output(10)), raw.depth, rtol=2e-3)
+        probe.spin_until(lambda: probe.got["diag"] and probe.diag().get("ground_check.frames_unchecked") == "1",
+                         10, "an unchecked frame")
+        d = probe.diag()
+        assert d["scale.mode"] == "camera_height" and d["scale.known"] == "False" and d["scale.holding"] == "True"
+        assert "metric scale not known yet" in d["_message"] and d["ground_check.last_count"] == "none"
+        # with CameraInfo: depth x the frame's camera-height scale; the check counts the pixels below the ground
+        probe.send(rgb, 11, K)
+        np.testing.assert_allclose(C.image_msg_to_array(probe.wait_output(11)), raw.depth * s, rtol=2e-3)
+        probe.spin_until(lambda: probe.diag().get("ground_check.frames_checked") == "1", 10, "a checked frame")
+        d = probe.diag()
+        assert d["scale.known"] == "True" and float(d["scale.value"]) == pytest.approx(s, rel=2e-3)
+        assert d["scale.samples"] == "1" and d["scale.holding"] == "False" and d["scale.no_ground_fit"] == "1"
+        assert int(d["ground_check.last_count"]) == pytest.approx(hole.count, rel=0.05)
+        assert d["ground_check.frames_flagged"] == "1" and float(d["time_ms.ground"]) > 0
+        assert d["_level"] == b"\x01" and "infinite-depth hole: " in d["_message"]
+        assert "pixels below the ground plane" in d["_message"]
+        # the new parameters are validated at run time, with the parameter named in the reason
+        res = probe.set_params(**{"ground_check__margin": -1.0})
+        assert not res[0].successful and res[0].reason == "ground_check.margin: must be >= 0, got -1.0"
+        res = probe.set_params(**{"scale__camera_height": 0.0})
+        assert not res[0].successful and "scale.camera_height: must be > 0" in res[0].reason
+        res = probe.set_params(**{"ground_check__max_below_pixels": -3})
+        assert not res[0].successful and "ground_check.max_below_pixels: must be >= 0" in res[0].reason
+    finally:
+        rc = node.stop(signal.SIGINT)
+    assert rc == 0 and "Traceback" not in node.log()
 
 
 def rp_stamp(m) -> int:

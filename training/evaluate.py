@@ -1,6 +1,7 @@
 """Evaluate a trained depth checkpoint with the KITTI metrics (Eigen et al. 2014; paper Table 1).
 
-    python -m training.evaluate --checkpoint CKPT --data ROOT [--split FILE] [--no-median-scaling]
+    python -m training.evaluate --checkpoint CKPT --data ROOT [--split FILE]
+                                [--no-median-scaling | --camera-height H]
                                 [--flip] [--out metrics.json] [--height H --width W]
 
 The model is rebuilt from the config embedded in the checkpoint (loaded with weights_only=True).
@@ -8,19 +9,41 @@ Predictions are upsampled to the ground-truth resolution in inverse depth, then 
 median scaling each frame is scaled by median(gt)/median(pred) and the spread of those ratios is
 reported. Per-class metrics and the infinite-depth fraction are added when semantic labels are
 available (ground truth, or else the model's own semantic output).
+
+Scaling (the JSON's "scaling" key):
+  median         (default) per image, median(gt) / median(pred): the usual protocol for
+                 scale-ambiguous models (uses the ground truth).
+  none           (--no-median-scaling) the prediction is scored as metric depth as it is.
+  camera_height  (--camera-height H) a ground-truth-free metric scale: each image's prediction is
+                 multiplied by the scale that puts the RANSAC ground plane fitted to that image's
+                 own predicted depth (network resolution, network-resolution K, rows below 60% of
+                 the height) H metres below the camera (semdepth_core.geometry.ground_plane.
+                 camera_height_scale). Images where no ground can be fitted are still scored, with
+                 the median of the other images' camera-height scales; they are listed in the
+                 JSON. Replaces median scaling (mutually exclusive with --no-median-scaling).
+                 JSON block "camera_height": height_m, scale_spread (median/mean/std/min/max of the
+                 fitted images' scales), scale_over_gt_ratio (scale / median(gt)/median(pred); 1 =
+                 agrees with median scaling), no_ground_fit, no_ground_fit_images, fallback_scale,
+                 per_image [{image, scale, ground_fit, gt_ratio}].
+The existing keys (metrics, ratio_spread, median_scaling, ...) are written in every mode.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from semdepth_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from semdepth_core.config import Config, ConfigError, config_from_dict
+from semdepth_core.geometry.ground_plane import camera_height_scale
+
+CAMERA_HEIGHT_ROW_FRACTION = 0.6  # ground fit on rows at or below 60% of the image height
 
 
 def load_depth_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
@@ -67,12 +90,41 @@ def predict(model: torch.nn.Module, rgb: torch.Tensor, flip: bool) -> tuple[torc
     return inv, out.get("sem_logits")
 
 
+def _camera_height(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of metres, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0 metres, got {text!r}")
+    return v
+
+
+def _spread(values: list[float]) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"median": float(np.median(a)), "mean": float(a.mean()), "std": float(a.std()),
+            "min": float(a.min()), "max": float(a.max()), "num_images": int(a.size)}
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0],
+                                epilog=__doc__[__doc__.index("Scaling (the JSON"):],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="semdepth checkpoint (best.ckpt / last.ckpt)")
     p.add_argument("--data", required=True, help="KITTI raw root (YYYY_MM_DD folders)")
     p.add_argument("--split", help="split file (Eigen or Eigen-Zhou format); default: every frame under --data")
-    p.add_argument("--no-median-scaling", action="store_true", help="score metric depth without per-frame scaling")
+    scaling = p.add_mutually_exclusive_group()
+    scaling.add_argument("--no-median-scaling", action="store_true",
+                         help="score metric depth without per-frame scaling (JSON scaling: none)")
+    scaling.add_argument("--camera-height", type=_camera_height, metavar="H",
+                         help="instead of median scaling with the ground truth, scale each image's prediction so "
+                              "that the ground plane fitted to its own predicted depth lies H metres (> 0; KITTI: "
+                              "1.65) below the camera: a GT-free metric scale (JSON scaling: camera_height). "
+                              "Images without a ground fit use the median of the other images' scales")
     p.add_argument("--flip", action="store_true", help="Monodepth2 flip post-processing")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--height", type=int, help="network input height (default: the checkpoint's data.height)")
@@ -103,18 +155,30 @@ def evaluate(args: argparse.Namespace) -> dict:
     except (OSError, ValueError) as exc:  # KittiFormatError is a ValueError
         raise SystemExit(f"error: cannot read the evaluation data: {exc}") from exc
     loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate)
-    median_scaling = not args.no_median_scaling
+    height_m = getattr(args, "camera_height", None)
+    scaling = "camera_height" if height_m is not None else ("none" if args.no_median_scaling else "median")
+    median_scaling = scaling == "median"
     garg_crop = not args.no_garg_crop
 
     acc = M.MetricAccumulator(median_scaling=median_scaling, garg_crop=garg_crop, max_depth=args.max_depth)
     label_source = None
+    per_image_scale: list[dict] = []  # camera_height: one entry per image, in data order
+    deferred: list[tuple] = []  # camera_height: images without a ground fit, scored after the loop
+
+    def add(name, gt, pred, semantic, dynamic, scale=None) -> dict:
+        try:
+            return acc.add(gt, pred, semantic=semantic, dynamic=dynamic, scale=scale)
+        except ValueError as exc:
+            raise SystemExit(f"error: {name}: {exc}") from exc
+
     for batch in loader:
         name = batch["filename"][0]
         if "depth_gt" not in batch:
             raise SystemExit(f"error: no ground-truth depth for {name} (gt_source={args.gt_source})")
         gt = batch["depth_gt"][0][0]  # [H0,W0] metres, 0 = invalid
         inv, sem_logits = predict(model, batch["rgb"].to(device), args.flip)  # [1,1,H,W]
-        pred = M.upsample_depth(1.0 / inv[0, 0].clamp(min=1e-6).cpu(), tuple(gt.shape))  # [H0,W0]
+        depth_net = 1.0 / inv[0, 0].clamp(min=1e-6).cpu()  # [H,W] model units, network resolution
+        pred = M.upsample_depth(depth_net, tuple(gt.shape))  # [H0,W0]
         semantic = dynamic = None
         if "semantic_gt" in batch:
             semantic, label_source = batch["semantic_gt"][0], "ground truth"
@@ -123,10 +187,33 @@ def evaluate(args: argparse.Namespace) -> dict:
             semantic, label_source = up.argmax(1)[0].cpu(), "model prediction"
         if "dynamic_gt" in batch:
             dynamic = batch["dynamic_gt"][0]
+        if scaling != "camera_height":
+            add(name, gt, pred, semantic, dynamic)
+            continue
+        # GT-free metric scale from the image's own prediction (K is already at the network resolution)
         try:
-            acc.add(gt, pred, semantic=semantic, dynamic=dynamic)
-        except ValueError as exc:
-            raise SystemExit(f"error: {name}: {exc}") from exc
+            s = camera_height_scale(depth_net.double().numpy(), batch["K"][0].double().numpy(), height_m,
+                                    row_fraction=CAMERA_HEIGHT_ROW_FRACTION)
+            s = s if math.isfinite(s) and s > 0 else None
+        except ValueError:  # no ground region / no plane
+            s = None
+        entry = {"image": name, "scale": s, "ground_fit": s is not None}
+        per_image_scale.append(entry)
+        if s is None:
+            deferred.append((entry, name, gt, pred, semantic, dynamic))
+        else:
+            entry["gt_ratio"] = _finite_or_none(add(name, gt, pred, semantic, dynamic, scale=s)["ratio"])
+
+    fitted = [e["scale"] for e in per_image_scale if e["ground_fit"]]
+    fallback = None
+    if deferred:
+        if not fitted:
+            raise SystemExit(f"error: --camera-height: no ground plane could be fitted in any of the "
+                             f"{len(deferred)} images, so there is no camera-height scale to use")
+        fallback = float(np.median(fitted))
+        for entry, name, gt, pred, semantic, dynamic in deferred:
+            entry["scale"] = fallback
+            entry["gt_ratio"] = _finite_or_none(add(name, gt, pred, semantic, dynamic, scale=fallback)["ratio"])
 
     if len(acc) == 0:
         raise SystemExit(f"error: no frames to evaluate under {args.data}")
@@ -134,6 +221,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     out.update(median_scaling=median_scaling, flip=bool(args.flip), checkpoint=str(args.checkpoint))
     if label_source is not None:
         out["label_source"] = label_source
+    out["scaling"] = scaling
+    if scaling == "camera_height":
+        rel = [e["scale"] / e["gt_ratio"] for e in per_image_scale
+               if e["ground_fit"] and e["gt_ratio"] is not None and e["gt_ratio"] > 0]
+        out["camera_height"] = {
+            "height_m": float(height_m),
+            "row_fraction": CAMERA_HEIGHT_ROW_FRACTION,
+            "scale_spread": _spread(fitted),  # per-image camera-height scales of the images with a ground fit
+            # camera-height scale / GT median ratio (1 = the GT-free scale agrees with median scaling)
+            "scale_over_gt_ratio": _spread(rel) if rel else None,
+            "no_ground_fit": len(deferred),
+            "no_ground_fit_images": [e["image"] for e, *_ in deferred],
+            "fallback": "median of the other images' camera-height scales",
+            "fallback_scale": fallback,
+            "per_image": per_image_scale,
+        }
     return out
 
 
@@ -147,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     from semdepth_core.eval.metrics import format_metrics_table
 
     print(format_metrics_table(metrics))
+    ch = metrics.get("camera_height")
+    if ch:
+        sp = ch["scale_spread"]
+        print(f"camera-height scale (H = {ch['height_m']:g} m): median {sp['median']:.3f}  std {sp['std']:.3f}  "
+              f"min {sp['min']:.3f}  max {sp['max']:.3f}; {ch['no_ground_fit']} image(s) without a ground fit "
+              f"scored with the median of the others")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")

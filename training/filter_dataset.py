@@ -66,8 +66,8 @@ def check_frame(depth: np.ndarray, K: np.ndarray, tcfg: TwoStageConfig, metric: 
             scale = camera_height_scale(depth, K, tcfg.camera_height, row_fraction=tcfg.row_fraction)
         except ValueError:
             scale = 1.0  # no ground visible: count in model units (reported as plane_ok False below)
-    check = below_ground_count(depth * scale, K, margin=tcfg.margin, row_fraction=tcfg.row_fraction,
-                               max_range=tcfg.max_range)
+    check = below_ground_count(depth * scale, K, margin=tcfg.margin, margin_slope=tcfg.margin_slope,
+                               row_fraction=tcfg.row_fraction, max_range=tcfg.max_range)
     return check.count, scale, check.ok, check.below_mask
 
 
@@ -87,9 +87,10 @@ def require_kept(report: dict) -> None:
         median = counts[len(counts) // 2] if counts else "?"
         raise ValueError(
             f"the ground-plane filter dropped all {report['images']} training images (median {median} pixels "
-            f"below the plane, threshold {report['threshold_pixels']}, margin {report['margin_m']} m): the "
+            f"below the plane, threshold {report['threshold_pixels']}, margin {report['margin_m']} m "
+            f"+ {report.get('margin_slope', 0.0)} x depth): the "
             "stage-1 depth is too inaccurate near the ground for the §4.3 test; train stage 1 longer, or raise "
-            "two_stage.margin / two_stage.max_below_pixels")
+            "two_stage.margin, two_stage.margin_slope or two_stage.max_below_pixels")
 
 
 def filter_dataset(cfg: Config, checkpoint: str | Path, out_dir: str | Path, backend: str = "torch",
@@ -133,6 +134,7 @@ def filter_dataset(cfg: Config, checkpoint: str | Path, out_dir: str | Path, bac
         "fraction_dropped": (len(checks) - len(kept)) / len(checks),
         "threshold_pixels": tcfg.max_below_pixels,
         "margin_m": tcfg.margin,
+        "margin_slope": tcfg.margin_slope,
         "metric_model": metric,
         "no_ground_fit": sum(not c.plane_ok for c in checks),
         "per_image": [{"ref": c.ref.name, "count": c.count, "scale": c.scale, "dropped": c.dropped} for c in checks],

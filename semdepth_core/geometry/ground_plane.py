@@ -159,6 +159,7 @@ def below_ground_count(
     depth,
     K,
     margin: float = 0.5,
+    margin_slope: float = 0.0,
     row_fraction: float = 0.6,
     max_range: float = 20.0,
     fit_mask=None,
@@ -169,13 +170,18 @@ def below_ground_count(
     min_fit_points: int = 50,
     rng=0,
 ) -> GroundCheck:
-    """Fit the ground on near, lower-image pixels and count pixels lying > margin below it."""
+    """Fit the ground on near, lower-image pixels and count pixels lying > margin (+ margin_slope x depth) below it."""
     # depth [H,W] (0/NaN = invalid), K [3,3] at that resolution. The fit region is rows at or below
     # row_fraction*H with depth < max_range (intersected with fit_mask, e.g. road pixels, if given);
     # plane hypotheses are restricted to within max_tilt_deg of the camera's vertical (y) axis. The
     # paper rejects a training image when count exceeds a small threshold (10).
+    # margin_slope (metres per metre of depth) lets the margin grow with the point's depth: a plane
+    # fitted on near points with a small tilt error e (rad) drifts by about e x depth at range, so
+    # 0.02 tolerates ~1.1 degrees before a correctly predicted far road counts as "below".
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
+    if not margin_slope >= 0:
+        raise ValueError(f"margin_slope must be >= 0, got {margin_slope}")
     pts, valid, roi = _fit_region(depth, K, row_fraction, max_range, fit_mask)
     H, W = valid.shape
     cand = pts[roi]  # [M,3]
@@ -188,7 +194,7 @@ def below_ground_count(
     n, d, inl = fit_plane_ransac(cand, iterations, threshold, rng, axis=(0.0, 1.0, 0.0),
                                  max_angle_deg=max_tilt_deg)
     signed = pts @ n + d  # [H,W], positive on the camera side
-    below = valid & (signed < -margin)
+    below = valid & (signed < -(margin + margin_slope * pts[..., 2]))
     return GroundCheck(n, d, int(below.sum()), float(inl.mean()), int(cand.shape[0]), below, True)
 
 
