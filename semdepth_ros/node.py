@@ -45,11 +45,12 @@ Infinite-depth hole check (`ground_check.enabled`, paper §4.3, off by default):
 frame the ground plane is fitted to the network-resolution depth (made metric by the known
 scale when there is one: `fixed`, a `camera_height`/`odometry` estimate, or a metric
 checkpoint; else by the frame's own camera-height scale with `ground_check.camera_height`, as
-training.filter_dataset does) and the pixels more than `ground_check.margin` metres below it are
-counted; a frame with more than `ground_check.max_below_pixels` is flagged, and /diagnostics
-goes WARN ("infinite-depth hole: N pixels below the ground plane") while recent frames are
-flagged. Frames without a ground fit or CameraInfo count as unchecked. Keys
-`ground_check.frames_checked|frames_flagged|frames_unchecked|last_count`, stage `time_ms.ground`.
+training.filter_dataset does) and the pixels more than `ground_check.margin` metres (+
+`ground_check.margin_slope` x their depth) below it are counted; a frame with more than
+`ground_check.max_below_pixels` is flagged, and /diagnostics goes WARN ("infinite-depth hole:
+N pixels below the ground plane") while recent frames are flagged. Frames without a ground fit
+or CameraInfo count as unchecked. Keys `ground_check.frames_checked|frames_flagged|
+frames_unchecked|last_count`, stage `time_ms.ground`.
 
 Bad input never stops the node: an image it cannot decode, a CameraInfo of another size
 (intrinsics rescaled with the half-pixel rule), a CameraInfo without intrinsics, odometry with
@@ -638,7 +639,8 @@ def _make_node_class():
             if r.flagged:
                 self.warn_log("ground_check", f"infinite-depth hole: {r.count} pixels below the ground plane "
                               f"(more than {self.p('ground_check.max_below_pixels')} at "
-                              f"{self.p('ground_check.margin'):g} m + {self.p('ground_check.margin_slope'):g} x depth margin)")
+                              f"{self.p('ground_check.margin'):g} m + "
+                              f"{self.p('ground_check.margin_slope'):g} x depth margin)")
 
         def _known_metric_scale(self, scale: float) -> float | None:
             """Metres per published-depth unit when known (ground check margin), else None."""
