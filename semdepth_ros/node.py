@@ -679,17 +679,12 @@ def _make_node_class():
                 est = self._height_est
                 # no intrinsics = no estimate for this frame: held like a frame without a ground fit
                 try:
-                    value = est.update(depth_net, K_net) if depth_net is not None and K_net is not None \
+                    value = est.add_depth(depth_net, K_net) if depth_net is not None and K_net is not None \
                         else est.add_scale(None)
                 except Exception as exc:  # noqa: BLE001 - a failed fit never costs the frame: hold
                     self.err_log("scale", f"camera-height scale failed: {type(exc).__name__}: {exc}; scale held")
                     value = est.add_scale(None)
-                if value is None:
-                    self._scale_known = False
-                    self._scale_value = 1.0
-                    return 1.0
-                self._scale_value = float(value)
-                return self._scale_value
+                return self._use_estimate(value)
             # odometry
             est = self._scale_est
             if not self.predictor.has_pose:
@@ -714,12 +709,15 @@ def _make_node_class():
                         else:
                             T = self.predictor.relative_pose(prev[0], rgb)
                             est.update(T[:3, 3], speed, dt)
-            value = est.value
+            return self._use_estimate(est.value)
+
+        def _use_estimate(self, value: float | None) -> float:
+            """Scale to publish with from an estimator's value: model units (1.0) until there is one."""
             if value is None:
                 self._scale_known = False
                 self._scale_value = 1.0
-                return 1.0
-            self._scale_value = float(value)
+            else:
+                self._scale_value = float(value)
             return self._scale_value
 
         def scale_confidence(self) -> float:
@@ -785,7 +783,7 @@ def _make_node_class():
                 he = self._height_est
                 vals["scale.holding"] = str(he.holding)
                 vals["scale.samples"] = he.num_samples
-                vals["scale.last_ratio"] = f"{he.last_scale or 0.0:.6g}"  # the last frame's own scale (0: no fit)
+                vals["scale.last_ratio"] = f"{he.last_ratio or 0.0:.6g}"  # the last frame's own scale (0: no fit)
                 vals["scale.no_ground_fit"] = he.no_fit
             if self.p("ground_check.enabled"):
                 gs = self._ground_stats

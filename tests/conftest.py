@@ -4,11 +4,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 from semdepth_core.paths import kitti_raw_dir, shared_data_dir  # noqa: E402
+
+# A level camera CAM_HEIGHT above a flat road, for the ground-plane and camera-height tests
+ROAD_H, ROAD_W = 96, 160
+ROAD_K = np.array([[200.0, 0.0, (ROAD_W - 1) / 2], [0.0, 200.0, (ROAD_H - 1) / 2], [0.0, 0.0, 1.0]])
+CAM_HEIGHT = 1.65
+
+
+def road_depth(height: float = CAM_HEIGHT, far: float = 60.0) -> np.ndarray:
+    """[ROAD_H, ROAD_W] depth of the road `height` below the camera (ray-plane intersection); horizon and above: far."""
+    v = np.arange(ROAD_H, dtype=np.float64)[:, None] - ROAD_K[1, 2]
+    road = np.where(v > 0, height * ROAD_K[1, 1] / np.maximum(v, 1e-9), far)
+    return np.broadcast_to(np.minimum(road, far), (ROAD_H, ROAD_W)).copy()
 
 
 @pytest.fixture(scope="session")

@@ -25,16 +25,7 @@ from semdepth_core.infer.ground import (
     infinite_depth_check,
 )
 
-H, W = 96, 160
-K = np.array([[200.0, 0.0, (W - 1) / 2], [0.0, 200.0, (H - 1) / 2], [0.0, 0.0, 1.0]])
-CAM_HEIGHT = 1.65
-
-
-def _road_depth(height=CAM_HEIGHT, far=60.0):
-    """Depth of a flat road `height` below a level camera (ray-plane intersection); horizon and above: `far`."""
-    v = np.arange(H, dtype=np.float64)[:, None] - K[1, 2]
-    road = np.where(v > 0, height * K[1, 1] / np.maximum(v, 1e-9), far)
-    return np.broadcast_to(np.minimum(road, far), (H, W)).copy()
+from conftest import CAM_HEIGHT, road_depth as _road_depth, ROAD_H as H, ROAD_K as K, ROAD_W as W
 
 
 # ------------------------------------------------------------------ camera-height scale estimator
@@ -53,7 +44,7 @@ def test_estimator_rolling_median_over_the_window():
     assert est.add_scale(2.0) == 1.5
     assert est.add_scale(10.0) == 2.0  # median of [1, 2, 10]: the outlier does not drag it
     assert est.add_scale(3.0) == 3.0  # window 3: 1.0 has left -> median of [2, 10, 3]
-    assert est.num_samples == 3 and est.accepted == 4 and est.last_scale == 3.0 and not est.holding
+    assert est.num_samples == 3 and est.accepted == 4 and est.last_ratio == 3.0 and not est.holding
     est.reset()
     assert est.value is None and est.accepted == 0
 
@@ -61,16 +52,16 @@ def test_estimator_rolling_median_over_the_window():
 def test_estimator_holds_on_no_fit_and_rejects_non_finite():
     est = CameraHeightScaleEstimator(camera_height=CAM_HEIGHT, window=5)
     # from depth maps: a road in model units (metric / 2.5), then frames without any ground
-    assert est.update(_road_depth() / 2.5, K) == pytest.approx(2.5, rel=1e-6)
+    assert est.add_depth(_road_depth() / 2.5, K) == pytest.approx(2.5, rel=1e-6)
     assert not est.holding and est.num_samples == 1
     for no_ground in (np.full((H, W), np.nan), np.zeros((H, W))):
-        assert est.update(no_ground, K) == pytest.approx(2.5, rel=1e-6)  # held
-        assert est.holding and est.last_scale is None
+        assert est.add_depth(no_ground, K) == pytest.approx(2.5, rel=1e-6)  # held
+        assert est.holding and est.last_ratio is None
     for bad in (None, math.nan, math.inf, -math.inf, 0.0, -1.0):
         assert est.add_scale(bad) == pytest.approx(2.5, rel=1e-6)
         assert est.holding
     assert est.num_samples == 1 and est.no_fit == 8 and est.accepted == 1
-    assert est.update(_road_depth() / 4.0, K) == pytest.approx(3.25, rel=1e-6)  # median of [2.5, 4]
+    assert est.add_depth(_road_depth() / 4.0, K) == pytest.approx(3.25, rel=1e-6)  # median of [2.5, 4]
     assert not est.holding
     # before any accepted frame: no value (the node publishes model units then)
     fresh = CameraHeightScaleEstimator(window=5)
@@ -265,13 +256,13 @@ def test_evaluate_camera_height_falls_back_to_the_median_of_the_other_images(con
     no_ground = f"{DATE}/{DATE}_drive_{SEED:04d}_sync/0000000001"
     calls = []
 
-    def flaky(depth, K, known_height, **kw):  # the second image has "no ground"
+    def flaky(depth, K, known_height, *a):  # the second image has "no ground" (None, as without a fit)
         calls.append(1)
         if len(calls) == 2:
-            raise ValueError("only 0 valid points in the ground region; cannot fit a plane")
-        return camera_height_scale(depth, K, known_height, **kw) * (1.0 + 0.1 * len(calls))
+            return None
+        return frame_camera_height_scale(depth, K, known_height, *a) * (1.0 + 0.1 * len(calls))
 
-    monkeypatch.setattr(E, "camera_height_scale", flaky)
+    monkeypatch.setattr(E, "frame_camera_height_scale", flaky)
     m = _run(["--checkpoint", str(tiny_ckpt), "--data", str(drive_root), "--camera-height", "1.65"], tmp_path, "fb")
     ch = m["camera_height"]
     assert m["num_images"] == 4 and ch["no_ground_fit"] == 1 and ch["no_ground_fit_images"] == [no_ground]
@@ -281,10 +272,7 @@ def test_evaluate_camera_height_falls_back_to_the_median_of_the_other_images(con
     assert per[no_ground]["scale"] == pytest.approx(float(np.median(fitted))) == ch["fallback_scale"]
     assert ch["scale_spread"]["num_images"] == 3
 
-    def never(*a, **kw):
-        raise ValueError("no plane")
-
-    monkeypatch.setattr(E, "camera_height_scale", never)
+    monkeypatch.setattr(E, "frame_camera_height_scale", lambda *a: None)
     with pytest.raises(SystemExit, match="no ground plane could be fitted in any of the 4 images"):
         E.main(["--checkpoint", str(tiny_ckpt), "--data", str(drive_root), "--camera-height", "1.65"])
 

@@ -11,9 +11,7 @@ from semdepth_core.geometry.ground_plane import (
     fit_plane_ransac,
 )
 
-H, W = 96, 160
-K = np.array([[200.0, 0.0, (W - 1) / 2], [0.0, 200.0, (H - 1) / 2], [0.0, 0.0, 1.0]])
-CAM_HEIGHT = 1.65
+from conftest import CAM_HEIGHT, road_depth as _road_depth, ROAD_H as H, ROAD_K as K, ROAD_W as W
 
 
 def _plane_points(n, d, count, rng, extent=10.0, noise=0.0):
@@ -80,14 +78,6 @@ def test_ransac_rejects_bad_input():
         fit_plane_ransac(np.full((5, 3), np.nan))
     with pytest.raises(ValueError, match="threshold"):
         fit_plane_ransac(np.random.default_rng(0).normal(size=(10, 3)), threshold=0)
-
-
-def _road_depth(height=CAM_HEIGHT, far=60.0):
-    """Depth of a flat road y = height below the camera; rows at/above the horizon get depth `far`."""
-    v = np.arange(H, dtype=np.float64)[:, None] - K[1, 2]  # [H,1]
-    with np.errstate(divide="ignore"):
-        road = np.where(v > 0, height * K[1, 1] / np.maximum(v, 1e-9), far)
-    return np.broadcast_to(np.minimum(road, far), (H, W)).copy()
 
 
 def test_backproject_np_puts_road_on_the_plane():

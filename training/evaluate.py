@@ -41,9 +41,7 @@ import torch.nn.functional as F
 
 from semdepth_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from semdepth_core.config import Config, ConfigError, config_from_dict
-from semdepth_core.geometry.ground_plane import camera_height_scale
-
-CAMERA_HEIGHT_ROW_FRACTION = 0.6  # ground fit on rows at or below 60% of the image height
+from semdepth_core.infer.ground import DEFAULT_ROW_FRACTION, frame_camera_height_scale
 
 
 def load_depth_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
@@ -98,12 +96,6 @@ def _camera_height(text: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"must be > 0 metres, got {text!r}")
     return v
-
-
-def _spread(values: list[float]) -> dict:
-    a = np.asarray(values, np.float64)
-    return {"median": float(np.median(a)), "mean": float(a.mean()), "std": float(a.std()),
-            "min": float(a.min()), "max": float(a.max()), "num_images": int(a.size)}
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -191,12 +183,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             add(name, gt, pred, semantic, dynamic)
             continue
         # GT-free metric scale from the image's own prediction (K is already at the network resolution)
-        try:
-            s = camera_height_scale(depth_net.double().numpy(), batch["K"][0].double().numpy(), height_m,
-                                    row_fraction=CAMERA_HEIGHT_ROW_FRACTION)
-            s = s if math.isfinite(s) and s > 0 else None
-        except ValueError:  # no ground region / no plane
-            s = None
+        s = frame_camera_height_scale(depth_net.double().numpy(), batch["K"][0].double().numpy(), height_m,
+                                      DEFAULT_ROW_FRACTION)  # None: no ground region / no plane
         entry = {"image": name, "scale": s, "ground_fit": s is not None}
         per_image_scale.append(entry)
         if s is None:
@@ -227,10 +215,10 @@ def evaluate(args: argparse.Namespace) -> dict:
                if e["ground_fit"] and e["gt_ratio"] is not None and e["gt_ratio"] > 0]
         out["camera_height"] = {
             "height_m": float(height_m),
-            "row_fraction": CAMERA_HEIGHT_ROW_FRACTION,
-            "scale_spread": _spread(fitted),  # per-image camera-height scales of the images with a ground fit
+            "row_fraction": DEFAULT_ROW_FRACTION,
+            "scale_spread": M.spread_stats(fitted),  # per-image camera-height scales of the images with a ground fit
             # camera-height scale / GT median ratio (1 = the GT-free scale agrees with median scaling)
-            "scale_over_gt_ratio": _spread(rel) if rel else None,
+            "scale_over_gt_ratio": M.spread_stats(rel) if rel else None,
             "no_ground_fit": len(deferred),
             "no_ground_fit_images": [e["image"] for e, *_ in deferred],
             "fallback": "median of the other images' camera-height scales",

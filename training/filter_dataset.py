@@ -27,7 +27,7 @@ from semdepth_core.checkpoint import CheckpointError
 from semdepth_core.config import Config, ConfigError, TwoStageConfig, load_config
 from semdepth_core.data.kitti import KittiDrive, read_rgb
 from semdepth_core.data.splits import SampleRef, read_split_file, refs_for_root, write_split_file
-from semdepth_core.geometry.ground_plane import below_ground_count, camera_height_scale
+from semdepth_core.infer.ground import infinite_depth_check
 
 
 @dataclass
@@ -59,16 +59,19 @@ def training_images(cfg: Config) -> list[tuple[Path, SampleRef]]:
 
 
 def check_frame(depth: np.ndarray, K: np.ndarray, tcfg: TwoStageConfig, metric: bool) -> tuple[int, float, bool, np.ndarray]:
-    """(below-ground count, scale used, plane fitted, below mask) for one depth map [h,w] with K at [h,w]."""
-    scale = 1.0
-    if not metric and tcfg.camera_height > 0:
-        try:
-            scale = camera_height_scale(depth, K, tcfg.camera_height, row_fraction=tcfg.row_fraction)
-        except ValueError:
-            scale = 1.0  # no ground visible: count in model units (reported as plane_ok False below)
-    check = below_ground_count(depth * scale, K, margin=tcfg.margin, margin_slope=tcfg.margin_slope,
-                               row_fraction=tcfg.row_fraction, max_range=tcfg.max_range)
-    return check.count, scale, check.ok, check.below_mask
+    """(below-ground count, scale used, plane fitted, below mask) for one depth map [h,w] with K at [h,w].
+
+    `semdepth_core.infer.ground.infinite_depth_check` with the two_stage settings: metric depth (or
+    camera_height 0) is tested as it is, scale-free depth is made metric with the camera height first.
+    A frame without a ground fit counts 0 pixels (kept).
+    """
+    r = infinite_depth_check(depth, K, margin=tcfg.margin, margin_slope=tcfg.margin_slope,
+                             max_below_pixels=tcfg.max_below_pixels, camera_height=tcfg.camera_height,
+                             metric_scale=1.0 if metric or tcfg.camera_height <= 0 else None,
+                             row_fraction=tcfg.row_fraction, max_range=tcfg.max_range)
+    if not r.checked:
+        return 0, 1.0, False, np.zeros(np.shape(depth), bool)
+    return r.count, r.scale, True, r.below_mask
 
 
 def _overlay(rgb: np.ndarray, below: np.ndarray) -> np.ndarray:

@@ -110,6 +110,15 @@ def _evaluate(gt, pred, median_scaling, garg_crop, min_depth, max_depth, scale):
     return m, valid, terms, p_scaled, g
 
 
+def spread_stats(values) -> dict:
+    """median / mean / std / min / max and count of per-image values (e.g. GT/pred scale ratios)."""
+    a = np.asarray(values, np.float64).reshape(-1)
+    if a.size == 0:
+        raise ValueError("spread_stats needs at least one value")
+    return {"median": float(np.median(a)), "mean": float(a.mean()), "std": float(a.std()),
+            "min": float(a.min()), "max": float(a.max()), "num_images": int(a.size)}
+
+
 def compute_depth_metrics(
     gt,
     pred,
@@ -232,14 +241,7 @@ class MetricAccumulator:
         ratios = np.array([m["ratio"] for m in self._per_image])
         ratios = ratios[np.isfinite(ratios)]  # images whose median prediction was not positive are skipped
         if ratios.size:
-            out["ratio_spread"] = {
-                "median": float(np.median(ratios)),
-                "mean": float(ratios.mean()),
-                "std": float(ratios.std()),
-                "min": float(ratios.min()),
-                "max": float(ratios.max()),
-                "num_images": int(ratios.size),
-            }
+            out["ratio_spread"] = spread_stats(ratios)
         present = np.nonzero(self._class_sums[:, 0] > 0)[0]
         if present.size:
             per_class = {}

@@ -4,7 +4,7 @@ infinite-depth hole check.
 * `frame_camera_height_scale(depth, K, h)`: metres per model unit for one depth map, from the
   RANSAC ground plane and the known camera mounting height (None when no ground can be fitted).
 * `CameraHeightScaleEstimator`: per-frame scales smoothed by a rolling median over the last
-  `window` accepted frames; a frame without a ground fit (or a non-finite / non-positive scale)
+  `window` accepted frames (the odometry `ScaleEstimator`'s window); a frame without a ground fit (or a non-finite / non-positive scale)
   is not added and the current value is *held*. `value` is None until the first accepted frame.
 * `infinite_depth_check(depth, K, ...)`: the stage-1 filter test of two-stage training
   (`training.filter_dataset.check_frame`) for one frame: make the depth metric (a known metric
@@ -18,12 +18,12 @@ Pure numpy on top of `semdepth_core.geometry.ground_plane`; no ROS, no torch.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from semdepth_core.geometry.ground_plane import below_ground_count, camera_height_scale
+from semdepth_core.infer.scale import ScaleEstimator
 
 DEFAULT_CAMERA_HEIGHT = 1.65  # KITTI camera mounting height (m)
 DEFAULT_ROW_FRACTION = 0.6  # ground fit on rows at or below this fraction of the image height
@@ -52,77 +52,43 @@ def frame_camera_height_scale(depth, K, camera_height: float,
     return s if math.isfinite(s) and s > 0 else None
 
 
-class CameraHeightScaleEstimator:
+class CameraHeightScaleEstimator(ScaleEstimator):
     """Rolling median of per-frame camera-height scales; holds the last value through frames without ground.
 
-    `update(depth, K)` computes the frame's scale with `frame_camera_height_scale`; `add_scale(s)`
-    feeds a precomputed one (None, NaN, inf or <= 0 = no estimate for that frame: held). `value` is
-    the median of the last `window` accepted scales (None until one is accepted), `confidence` in
-    [0, 1] grows with the window fill and shrinks with the relative spread (MAD / median).
+    The odometry `ScaleEstimator` fed with per-frame scales instead of frame-pair ratios (same window,
+    `value`, `spread` and `confidence`), without its outlier test by default: the window median already
+    ignores the odd bad fit. `add_depth(depth, K)` computes the frame's scale with
+    `frame_camera_height_scale`; `add_scale(s)` feeds a precomputed one (None, NaN, inf or <= 0 = no
+    estimate for that frame: held, counted in `no_fit`). `value` is None until a scale is accepted.
     """
 
     def __init__(self, camera_height: float = DEFAULT_CAMERA_HEIGHT, window: int = 30,
-                 row_fraction: float = DEFAULT_ROW_FRACTION, spread_for_zero_confidence: float = 0.3):
+                 row_fraction: float = DEFAULT_ROW_FRACTION, outlier_ratio: float = math.inf,
+                 spread_for_zero_confidence: float = 0.3):
         self.camera_height = _check_positive("camera_height", camera_height)
-        if isinstance(window, bool) or int(window) != window or window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {window!r}")
         if not 0.0 <= row_fraction < 1.0:
             raise ValueError(f"row_fraction must be in [0, 1), got {row_fraction}")
-        self.window = int(window)
         self.row_fraction = float(row_fraction)
-        self.spread_for_zero_confidence = _check_positive("spread_for_zero_confidence", spread_for_zero_confidence)
-        self.reset()
+        super().__init__(window=window, min_speed=0.0, outlier_ratio=outlier_ratio,
+                         spread_for_zero_confidence=spread_for_zero_confidence)
 
     def reset(self) -> None:
-        self._scales: deque[float] = deque(maxlen=self.window)
-        self.holding = False
-        self.last_scale: float | None = None  # the last frame's scale (None: that frame had no estimate)
-        self.accepted = 0
+        super().reset()
         self.no_fit = 0  # frames without an estimate (no ground, or a non-finite / non-positive scale)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self._scales)
-
-    @property
-    def value(self) -> float | None:
-        if not self._scales:
-            return None
-        return float(np.median(np.fromiter(self._scales, np.float64)))
-
-    @property
-    def spread(self) -> float | None:
-        """Relative robust spread of the window: MAD / median (None when empty)."""
-        if not self._scales:
-            return None
-        r = np.fromiter(self._scales, np.float64)
-        med = float(np.median(r))
-        return float(np.median(np.abs(r - med))) / med
-
-    @property
-    def confidence(self) -> float:
-        if not self._scales:
-            return 0.0
-        fill = len(self._scales) / self.window
-        quality = max(0.0, 1.0 - self.spread / self.spread_for_zero_confidence)
-        return float(min(1.0, fill * quality))
 
     def add_scale(self, scale: float | None) -> float | None:
         """Feed one frame's scale (None / non-finite / <= 0: no estimate, value held); returns `value`."""
-        ok = scale is not None and isinstance(scale, (int, float, np.integer, np.floating)) \
-            and math.isfinite(scale) and scale > 0
+        ok = isinstance(scale, (int, float, np.integer, np.floating)) and math.isfinite(scale) and scale > 0
         if not ok:
             self.holding = True
-            self.last_scale = None
+            self.last_ratio = None
             self.no_fit += 1
             return self.value
         self.holding = False
-        self.last_scale = float(scale)
-        self._scales.append(float(scale))
-        self.accepted += 1
-        return self.value
+        self.last_ratio = float(scale)
+        return self.add_ratio(float(scale))
 
-    def update(self, depth, K) -> float | None:
+    def add_depth(self, depth, K) -> float | None:
         """Scale of one depth map [h,w] (model units) with K at [h,w]; returns the smoothed `value`."""
         return self.add_scale(frame_camera_height_scale(depth, K, self.camera_height, self.row_fraction))
 
@@ -157,8 +123,7 @@ def infinite_depth_check(depth, K, margin: float = 0.5, max_below_pixels: int = 
         raise ValueError(f"margin_slope must be a finite number >= 0, got {margin_slope!r}")
     if isinstance(max_below_pixels, bool) or int(max_below_pixels) != max_below_pixels or max_below_pixels < 0:
         raise ValueError(f"max_below_pixels must be an integer >= 0, got {max_below_pixels!r}")
-    camera_height = _check_positive("camera_height", camera_height)
-    if metric_scale is not None:
+    if metric_scale is not None:  # camera_height is then unused (and may be 0 = "depth as is")
         scale = _check_positive("metric_scale", metric_scale)
     else:
         s = frame_camera_height_scale(depth, K, camera_height, row_fraction)
@@ -185,7 +150,6 @@ class HoleCheckStats:
         self.flagged = 0
         self.unchecked = 0
         self.last_count: int | None = None  # of the last checked frame
-        self.last_flagged = False
         self.last_reason = ""
 
     def record(self, r: HoleCheck) -> None:
@@ -196,5 +160,4 @@ class HoleCheckStats:
         self.checked += 1
         self.flagged += int(r.flagged)
         self.last_count = int(r.count)
-        self.last_flagged = bool(r.flagged)
         self.last_reason = ""
