@@ -53,6 +53,10 @@ CONFIG = CONFIGS / "synthetic_resnet18.yaml"
 CONFIGS_BY_NET = {"resnet18": CONFIG, "mobilenetv2": CONFIGS / "synthetic_mobilenetv2.yaml"}
 TRAIN_SEEDS = (1, 2, 3, 4, 5, 6)
 LEAD_SEEDS = (5, 6)
+# --train-drives 16: the shipped configs' 16 drives, a lead car on 6 of them (the same third as above), so
+# stage 2 keeps 10 plain drives (580 images) instead of 4 (232), on which the MobileNetV2 config had
+# over-fitted after ~460 steps (synthetic_mobilenetv2.yaml)
+DRIVE_SETS = {6: (TRAIN_SEEDS, LEAD_SEEDS), 16: (tuple(range(1, 17)), (5, 6, 11, 12, 15, 16))}
 VAL_SEEDS = (101,)
 LEAD_TEST_SEEDS = (211, 212)
 TARGET_RATIO = 0.20
@@ -86,9 +90,9 @@ def frame_has_infinite_case(dynamic_png: Path | None, lead_drive: bool) -> bool:
     return bool((read_label_png(dynamic_png) > 0).any())
 
 
-def stage_overrides() -> list[str]:
-    return [f"data.synthetic.train_seeds=[{','.join(map(str, TRAIN_SEEDS))}]",
-            f"data.synthetic.lead_car_seeds=[{','.join(map(str, LEAD_SEEDS))}]",
+def stage_overrides(train_seeds=TRAIN_SEEDS, lead_seeds=LEAD_SEEDS) -> list[str]:
+    return [f"data.synthetic.train_seeds=[{','.join(map(str, train_seeds))}]",
+            f"data.synthetic.lead_car_seeds=[{','.join(map(str, lead_seeds))}]",
             f"data.synthetic.val_seeds=[{','.join(map(str, VAL_SEEDS))}]"]
 
 
@@ -104,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "car keeps an exact constant gap, so it looks identical in all three frames and auto-masking "
                         "removes it from the loss; 'off' lets the photometric loss pull it to infinity, the bias "
                         "that §4.3 removes. Results of 'off' go to NAME_automask_off.json")
+    p.add_argument("--train-drives", type=int, choices=sorted(DRIVE_SETS), default=6,
+                   help="training drives: 6 (seeds 1-6, lead car on 5 and 6) or 16 (seeds 1-16, lead car on 5, 6, "
+                        "11, 12, 15, 16); 16 goes to subfolder drives16/ and results NAME_drives16.json")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for both stages and the filter (repeatable; needs --tag)")
     p.add_argument("--tag", default="", help="name of a --set variant: its runs go under TAG/, its results to NAME_TAG.json")
@@ -127,14 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         root = root / "automask_off"
     if args.tag:
         root = root / args.tag
+    train_seeds, lead_seeds = DRIVE_SETS[args.train_drives]
+    if args.train_drives != 6:
+        root = root / f"drives{args.train_drives}"
     base = data_overrides(args.quick, args.frames, args.max_steps)
-    overrides = base + stage_overrides() + (["loss.automask=false"] if args.automask == "off" else []) + list(args.sets)
+    overrides = base + stage_overrides(train_seeds, lead_seeds) + (["loss.automask=false"] if args.automask == "off" else []) + list(args.sets)
     t_start = time.monotonic()
 
     from semdepth_core.config import load_config
     from training.filter_dataset import filter_dataset, require_kept
 
-    train_roots = drive_roots(config, base, TRAIN_SEEDS, LEAD_SEEDS)
+    train_roots = drive_roots(config, base, train_seeds, lead_seeds)
     lead_test = combined_root(drive_roots(config, base, LEAD_TEST_SEEDS, LEAD_TEST_SEEDS), root / "test_lead")
     plain_test = combined_root(drive_roots(config, base, TEST_SEEDS), root / "test_plain")
 
@@ -151,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = filter_dataset(load_config(config, overrides), s1_ckpt, f_dir, device="cpu", progress=False)
     drive_info = {}  # drive folder name -> (drive dir, lead?)
-    for seed, r in zip(TRAIN_SEEDS, train_roots):
+    for seed, r in zip(train_seeds, train_roots):
         for d in sorted(r.glob("*/*_drive_*_sync")):
-            drive_info[d.name] = (d, seed in LEAD_SEEDS)
+            drive_info[d.name] = (d, seed in lead_seeds)
     flagged, truth = [], []
     per_kind = {"lead": [0, 0], "plain": [0, 0]}  # [dropped, images]
     for rec in report["per_image"]:
@@ -212,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                   "recall": pr["recall"] if pr["recall"] is not None else "n/a"}])
     print(f"infinite-depth fraction stage 2 / stage 1: {ratio if ratio is not None else 'n/a'} (target <= {TARGET_RATIO})")
     name = ("two_stage_synthetic" + ("" if args.depth_net == "resnet18" else f"_{args.depth_net}")
-            + ("_automask_off" if args.automask == "off" else "") + (f"_{args.tag}" if args.tag else ""))
+            + ("_automask_off" if args.automask == "off" else "") + (f"_{args.tag}" if args.tag else "")
+            + (f"_drives{args.train_drives}" if args.train_drives != 6 else ""))
     path = write_result(name, {
         "config": str(config.relative_to(REPO)), "automask": args.automask == "on", "overrides": overrides,
-        "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(TRAIN_SEEDS),
-        "lead_car_seeds": list(LEAD_SEEDS), "val_seeds": list(VAL_SEEDS),
+        "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(train_seeds),
+        "lead_car_seeds": list(lead_seeds), "val_seeds": list(VAL_SEEDS),
         "test_lead_seeds": list(LEAD_TEST_SEEDS), "test_plain_seeds": list(TEST_SEEDS),
         "filter": filt, "stages": stages, "stage2_not_run": stage2_not_run,
         "infinite_fraction_ratio": ratio,

@@ -74,8 +74,14 @@ def test_configs_exist_and_load_with_bench_overrides():
         assert load_config(path).model.depth_net == net
     two = load_config(tss.CONFIG, tss.stage_overrides())
     assert set(two.data.synthetic.lead_car_seeds) <= set(two.data.synthetic.train_seeds)
+    for n, (train_seeds, lead_seeds) in tss.DRIVE_SETS.items():
+        two = load_config(tss.CONFIG, tss.stage_overrides(train_seeds, lead_seeds))
+        assert len(two.data.synthetic.train_seeds) == n == len(set(train_seeds))
+        assert set(two.data.synthetic.lead_car_seeds) == set(lead_seeds) < set(train_seeds)
+        assert tss.parse_args(["--train-drives", str(n)]).train_drives == n
     # held-out seeds of all three benchmarks are disjoint from training/validation and semantic drives
-    used = set(tss.TRAIN_SEEDS) | set(tss.VAL_SEEDS) | set(gvb.SEMANTIC_TRAIN_SEEDS) | set(gvb.SEMANTIC_VAL_SEEDS)
+    used = {s for seeds, _ in tss.DRIVE_SETS.values() for s in seeds} | set(tss.VAL_SEEDS)
+    used |= set(gvb.SEMANTIC_TRAIN_SEEDS) | set(gvb.SEMANTIC_VAL_SEEDS)
     assert not used & (set(ts.TEST_SEEDS) | set(tss.LEAD_TEST_SEEDS))
 
 
