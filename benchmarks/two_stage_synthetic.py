@@ -3,7 +3,8 @@
     python benchmarks/two_stage_synthetic.py [--quick] [--budget-minutes 12]
 
 Training drives: seeds 1-6 of training/configs/synthetic_resnet18.yaml, seeds 5 and 6 with a lead car
-moving at ego speed (data.synthetic.lead_car_seeds); validation seed 101 (no lead car).
+moving at ego speed (data.synthetic.lead_car_seeds); with --train-drives 16, seeds 1-16 (the shipped
+configs' drives), a lead car on 5, 6, 11, 12, 15 and 16. Validation seed 101 (no lead car).
   stage 1   `training.train.main` on every training image (runs/bench/two_stage_synthetic/stage1)
   filter    `training.filter_dataset.filter_dataset` with the stage-1 checkpoint (§4.3: drop an image when
             more than 10 pixels fall below the RANSAC ground plane) -> kept.txt / dropped.txt / report.json
