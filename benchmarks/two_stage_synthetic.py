@@ -57,7 +57,7 @@ LEAD_SEEDS = (5, 6)
 # --train-drives 16: the shipped configs' 16 drives, a lead car on 6 of them (the same third as above), so
 # stage 2 keeps 10 plain drives (580 images) instead of 4 (232), on which the MobileNetV2 config had
 # over-fitted after ~460 steps (synthetic_mobilenetv2.yaml)
-DRIVE_SETS = {6: (TRAIN_SEEDS, LEAD_SEEDS), 16: (tuple(range(1, 17)), (5, 6, 11, 12, 15, 16))}
+DRIVE_SETS = {len(TRAIN_SEEDS): (TRAIN_SEEDS, LEAD_SEEDS), 16: (tuple(range(1, 17)), (5, 6, 11, 12, 15, 16))}
 VAL_SEEDS = (101,)
 LEAD_TEST_SEEDS = (211, 212)
 TARGET_RATIO = 0.20
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "car keeps an exact constant gap, so it looks identical in all three frames and auto-masking "
                         "removes it from the loss; 'off' lets the photometric loss pull it to infinity, the bias "
                         "that §4.3 removes. Results of 'off' go to NAME_automask_off.json")
-    p.add_argument("--train-drives", type=int, choices=sorted(DRIVE_SETS), default=6,
+    p.add_argument("--train-drives", type=int, choices=sorted(DRIVE_SETS), default=len(TRAIN_SEEDS),
                    help="training drives: 6 (seeds 1-6, lead car on 5 and 6) or 16 (seeds 1-16, lead car on 5, 6, "
                         "11, 12, 15, 16); 16 goes to subfolder drives16/ and results NAME_drives16.json")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tag:
         root = root / args.tag
     train_seeds, lead_seeds = DRIVE_SETS[args.train_drives]
-    if args.train_drives != 6:
-        root = root / f"drives{args.train_drives}"
+    drives_tag = "" if args.train_drives == len(TRAIN_SEEDS) else f"drives{args.train_drives}"
+    if drives_tag:
+        root = root / drives_tag
     base = data_overrides(args.quick, args.frames, args.max_steps)
     overrides = base + stage_overrides(train_seeds, lead_seeds) + (["loss.automask=false"] if args.automask == "off" else []) + list(args.sets)
     t_start = time.monotonic()
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"infinite-depth fraction stage 2 / stage 1: {ratio if ratio is not None else 'n/a'} (target <= {TARGET_RATIO})")
     name = ("two_stage_synthetic" + ("" if args.depth_net == "resnet18" else f"_{args.depth_net}")
             + ("_automask_off" if args.automask == "off" else "") + (f"_{args.tag}" if args.tag else "")
-            + (f"_drives{args.train_drives}" if args.train_drives != 6 else ""))
+            + (f"_{drives_tag}" if drives_tag else ""))
     path = write_result(name, {
         "config": str(config.relative_to(REPO)), "automask": args.automask == "on", "overrides": overrides,
         "budget_minutes_per_stage": budget, "resolution": "320x96", "train_seeds": list(train_seeds),
