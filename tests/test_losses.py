@@ -407,3 +407,23 @@ def test_sfm_loss_is_lower_for_the_true_depth_and_pose():
     true = loss(batch, [1.0 / depth], pose_true, K)["photometric"]
     wrong = loss(batch, [1.0 / depth], torch.zeros_like(pose_true), K)["photometric"]
     assert true.item() < 0.2 * wrong.item(), (true.item(), wrong.item())
+
+
+def test_per_scale_images_are_an_antialiased_pyramid():
+    """The coarse scales compare area-averaged images (Monodepth's resize_area), not aliased bilinear taps."""
+    import torch.nn.functional as F
+
+    from semdepth_core.losses.sfm import _resize
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(2, 3, 96, 320, generator=g)
+    for f in (2, 4, 8):
+        torch.testing.assert_close(_resize(img, (96 // f, 320 // f)), F.avg_pool2d(img, f))
+    # a one-pixel checkerboard carries no content at 1/8 resolution: flat grey, not a pattern of taps
+    checker = ((torch.arange(96)[:, None] + torch.arange(320)[None, :]) % 2).float().expand(1, 3, 96, 320)
+    torch.testing.assert_close(_resize(checker, (12, 40)), torch.full((1, 3, 12, 40), 0.5))
+    assert _resize(checker, (12, 40)).std() < 1e-6
+    # enlarging stays bilinear (the upsampled-loss path resizes inverse depth up)
+    small = torch.rand(1, 1, 12, 40, generator=g)
+    torch.testing.assert_close(_resize(small, (96, 320)),
+                               F.interpolate(small, size=(96, 320), mode="bilinear", align_corners=False))
