@@ -253,6 +253,20 @@ class Probe:
                 self.ex.spin_once(timeout_sec=0.05)
         self.pub_img.publish(C.rgb_to_image_msg(rgb, self.header(sec)))
 
+    def warm_up(self, rgb, K, topics, sec: int = 1, timeout: float = 60.0):
+        """Send frame `sec` until every topic in `topics` has delivered something: the node publishes
+        only to matched subscribers, and under load it may see the probe's subscriptions late."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.send(rgb, sec, K)
+            try:
+                self.spin_until(lambda: all(self.outputs_for(t, sec) for t in topics), 2.0, "warm-up")
+                return
+            except AssertionError:
+                continue
+        missing = [t for t in topics if not self.outputs_for(t, sec)]
+        raise AssertionError(f"timed out after {timeout}s of warm-up frames: nothing on {missing}")
+
     def outputs_for(self, topic: str, sec: int) -> list:
         return [m for m in self.got[topic] if m.header.stamp.sec == sec]
 
@@ -319,6 +333,7 @@ def test_node_outputs_bad_inputs_parameters_and_sigterm(tmp_path, checkpoint, ki
         _wait_serving(probe, node)
         rgb = frames[0]
         H, W = rgb.shape[:2]
+        probe.warm_up(rgb, K, N.OUTPUT_TOPICS)
         # ---- a good frame: every output, stamped and framed like the input, at the input size
         probe.send(rgb, 100, K)
         depth_msg = probe.wait_output(100)
