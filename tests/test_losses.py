@@ -422,7 +422,6 @@ def test_per_scale_images_are_an_antialiased_pyramid():
     # a one-pixel checkerboard carries no content at 1/8 resolution: flat grey, not a pattern of taps
     checker = ((torch.arange(96)[:, None] + torch.arange(320)[None, :]) % 2).float().expand(1, 3, 96, 320)
     torch.testing.assert_close(_resize(checker, (12, 40)), torch.full((1, 3, 12, 40), 0.5))
-    assert _resize(checker, (12, 40)).std() < 1e-6
     # enlarging stays bilinear (the upsampled-loss path resizes inverse depth up)
     small = torch.rand(1, 1, 12, 40, generator=g)
     torch.testing.assert_close(_resize(small, (96, 320)),

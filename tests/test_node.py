@@ -228,13 +228,17 @@ class Probe:
             self.node.create_subscription(typ, f"{NS}/{name}", lambda m, k=name: self.got[k].append(m), out_qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.got["diag"].append(m), 10)
 
-    def spin_until(self, cond, timeout: float, what: str = "condition"):
+    def spin_for(self, cond, timeout: float) -> bool:
+        """Spin until cond() holds (True) or timeout seconds pass (cond()'s last value)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if cond():
-                return
+                return True
             self.ex.spin_once(timeout_sec=0.05)
-        if not cond():
+        return bool(cond())
+
+    def spin_until(self, cond, timeout: float, what: str = "condition"):
+        if not self.spin_for(cond, timeout):
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
     def header(self, sec: int):
@@ -259,11 +263,8 @@ class Probe:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.send(rgb, sec, K)
-            try:
-                self.spin_until(lambda: all(self.outputs_for(t, sec) for t in topics), 2.0, "warm-up")
+            if self.spin_for(lambda: all(self.outputs_for(t, sec) for t in topics), 2.0):
                 return
-            except AssertionError:
-                continue
         missing = [t for t in topics if not self.outputs_for(t, sec)]
         raise AssertionError(f"timed out after {timeout}s of warm-up frames: nothing on {missing}")
 
