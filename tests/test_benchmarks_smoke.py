@@ -285,6 +285,47 @@ def test_error_breakdown_median_scale():
         eb.median_scale(gt, np.zeros_like(gt), 0.0, 80.0)
 
 
+def test_loss_basin_summary_finds_plateaus_and_false_minima():
+    from benchmarks import loss_basin as lb
+
+    scales = lb.SCALES  # 0.5 ... 2.5 with 1.0 in the middle
+    bowl = np.array([abs(np.log(s)) + 0.1 for s in scales])  # rises at every step away from the truth
+    out = lb.basin_summary(bowl, scales)
+    assert out["relative"][scales.index(1.0)] == pytest.approx(1.0) and out["loss_at_gt"] == pytest.approx(0.1)
+    assert out["rise_far"] > 1.0 and out["rise_near"] > 1.0
+    dipped = bowl.copy()
+    dipped[scales.index(2.0)] = dipped[scales.index(1.7)] * 0.9  # a false minimum at 2x too far
+    assert lb.basin_summary(dipped, scales)["rise_far"] == pytest.approx(0.9)
+    assert lb.basin_summary(dipped, scales)["rise_near"] == pytest.approx(out["rise_near"])
+    with pytest.raises(ValueError, match="s=1"):
+        lb.basin_summary(np.zeros(len(scales)), scales)
+    with pytest.raises(ValueError, match="increasing"):
+        lb.basin_summary(bowl[:-1], scales)
+
+    acc = lb.BasinAccumulator(scales)
+    mask = np.array([[True, False], [True, True]])
+    for j in range(len(scales)):
+        acc.add("eq2", "cell", j, np.full((2, 2), float(j)), mask)
+    np.testing.assert_allclose(acc.curve("eq2", "cell"), np.arange(len(scales), dtype=float))
+    assert acc.counts[("eq2", "cell")] == 3 and acc.curve("eq2", "empty") is None
+    with pytest.raises(ValueError, match="1.0"):
+        lb.BasinAccumulator((0.5, 2.0))
+
+
+def test_loss_basin_runs_on_a_synthetic_drive(synthetic_root, tmp_path, monkeypatch):
+    from benchmarks import common
+    from benchmarks import loss_basin as lb
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert lb.main(["--data", str(synthetic_root), "--every", "5", "--threads", "1"]) == 0
+    out = json.loads((tmp_path / "loss_basin.json").read_text())
+    assert out["frames"] == 2 and out["scales"] == list(lb.SCALES)
+    curves = [c for cell in out["cells"].values() for c in cell.values()]
+    assert curves and all(c["relative"][lb.SCALES.index(1.0)] == pytest.approx(1.0) for c in curves)
+    # the true depth beats half of it wherever the loss is the photometric one
+    assert all(c["relative"][0] > 1.0 for cell in out["cells"].values() for k, c in cell.items() if k == "eq2")
+
+
 def test_finished_run_is_reused_only_with_the_same_effective_config(tmp_path):
     cfg = ts.CONFIGS / "synthetic_mobilenetv2.yaml"
     over = ts.data_overrides(True)
