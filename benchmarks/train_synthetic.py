@@ -316,6 +316,13 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def torch_threads() -> int:
+    """Threads this process trains and evaluates with (recorded per run: --only re-runs keep older entries)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def budget_of(args: argparse.Namespace, full_budget: float) -> float:
     b = args.budget_minutes if args.budget_minutes is not None else (QUICK_BUDGET_MIN if args.quick else full_budget)
     if not b > 0:
@@ -385,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": targets(name, scaled, unscaled),
             "learning_curve": curve_summary(log),
             "bench_wall_s": time.monotonic() - t0,
+            "torch_threads": torch_threads(),
         }
         rows.append({"run": name, "steps": stats["steps"], "epochs": stats["epochs"],
                      "train_min": stats["train_min"], "img/s": stats["images_per_s"],
