@@ -145,6 +145,8 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
     (re)started with `--resume auto` and max_minutes = the whole budget: the trainer checkpoints
     its elapsed training time, so a resumed run only uses what is left.
     """
+    import torch
+
     from training import train
 
     run_dir = Path(run_dir)
@@ -172,7 +174,8 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
     done = {"budget_min": budget_min, "event": events[-1]["event"] if events else "",
             "message": events[-1].get("message", "") if events else "",
             "last_invocation_wall_s": time.monotonic() - t0, "config": str(config), "overrides": overrides,
-            "config_sha256": fingerprint}
+            "config_sha256": fingerprint,
+            "torch_threads": torch.get_num_threads()}  # as training left it (train.num_threads or --threads)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(done, indent=2))
     os.replace(tmp, marker)
@@ -316,13 +319,6 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def torch_threads() -> int:
-    """Threads this process trains and evaluates with (recorded per run: --only re-runs keep older entries)."""
-    import torch
-
-    return torch.get_num_threads()
-
-
 def budget_of(args: argparse.Namespace, full_budget: float) -> float:
     b = args.budget_minutes if args.budget_minutes is not None else (QUICK_BUDGET_MIN if args.quick else full_budget)
     if not b > 0:
@@ -392,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": targets(name, scaled, unscaled),
             "learning_curve": curve_summary(log),
             "bench_wall_s": time.monotonic() - t0,
-            "torch_threads": torch_threads(),
+            "torch_threads": done.get("torch_threads"),  # None: trained before the marker recorded it
         }
         rows.append({"run": name, "steps": stats["steps"], "epochs": stats["epochs"],
                      "train_min": stats["train_min"], "img/s": stats["images_per_s"],
