@@ -43,7 +43,8 @@ def test_cut_short_drive_indexes_frames_present_not_timestamps(drive, kitti_driv
 
 
 def test_find_drives(kitti_root, kitti_drive_dir, tmp_path):
-    assert find_drives(kitti_root) == [kitti_drive_dir]
+    # the shared root holds drives 0001 (Velodyne .bin) and 0023 (projected LiDAR), sorted by name
+    assert find_drives(kitti_root) == [kitti_drive_dir, kitti_root / "2011_09_26" / "2011_09_26_drive_0023_sync"]
     with pytest.raises(KittiMissingFileError, match="does not exist"):
         find_drives(tmp_path / "nope")
 
@@ -269,7 +270,9 @@ def test_velodyne_groundtruth_frame0(drive, calib, kitti_drive_dir):
     assert abs(np.median(half[half > 0]) - np.median(valid)) < 0.5
 
 
-def test_project_points_rounding_and_nearest_wins():
+def test_project_points_placements_and_nearest_wins():
+    """Hand-made points: the published protocol (monodepth2's generate_depth_map, the KITTI devkit's
+    1-based indexing) rounds and then subtracts one pixel; "nearest" only rounds. Nearest depth wins."""
     K = np.array([[100.0, 0, 10], [0, 100.0, 5], [0, 0, 1]])
     pts = np.array([
         [0.044, 0.0, 10.0],   # u = 10.44 -> 10, v = 5
@@ -279,11 +282,40 @@ def test_project_points_rounding_and_nearest_wins():
         [0.06, 0.0, 10.0],    # u = 10.6 -> 11
         [0.0, 0.0, -5.0],     # behind the camera
         [5.0, 0.0, 1.0],      # u = 510: outside
+        [-0.1, -0.05, 1.0],   # u = 0, v = 0: inside for "nearest", at -1 (outside) for "kitti"
+        [0.1, 0.05, 1.0],     # u = 20 (outside for "nearest"), v = 10: at (19, 9) for "kitti"
     ])
-    d = project_points_to_depth(pts, K, (20, 10))
+    d = project_points_to_depth(pts, K, (20, 10), placement="nearest")
     assert d[5, 10] == pytest.approx(4.0)
     assert d[5, 11] == pytest.approx(10.0)
-    assert np.count_nonzero(d) == 2
+    assert d[0, 0] == pytest.approx(1.0)
+    assert np.count_nonzero(d) == 3
+    k = project_points_to_depth(pts, K, (20, 10))  # the default is the published placement
+    assert np.array_equal(k, project_points_to_depth(pts, K, (20, 10), placement="kitti"))
+    assert k[4, 9] == pytest.approx(4.0) and k[4, 10] == pytest.approx(10.0)
+    assert k[9, 19] == pytest.approx(1.0) and k[0, 0] == 0.0
+    assert np.count_nonzero(k) == 3
+    with pytest.raises(ValueError, match="placement must be one of"):
+        project_points_to_depth(pts, K, (20, 10), placement="floor")
+
+
+def test_velodyne_placement_matches_the_packaged_projection(kitti_root):
+    """The default placement is the nearest-pixel one moved by one pixel up and left, on a real scan; and
+    drive 0023's packaged projection (packnet-sfm's npz, made the published way) reads as a depth map."""
+    from semdepth_core.data.kitti import KittiDrive, read_projected_depth
+
+    d0001 = KittiDrive(kitti_root / "2011_09_26" / "2011_09_26_drive_0001_sync")
+    pts = d0001.load_velodyne(0)
+    kitti = d0001.velodyne_depth(0)
+    nearest = d0001.velodyne_depth(0, placement="nearest")
+    # the two placements are the same points one pixel apart (up to occlusion ties)
+    both = (kitti[:-1, :-1] > 0) & (nearest[1:, 1:] > 0)
+    assert both.sum() > 15_000
+    assert np.mean(kitti[:-1, :-1][both] == nearest[1:, 1:][both]) > 0.99
+    assert kitti.shape == (375, 1242) and len(pts) > 100_000
+    npz = read_projected_depth(kitti_root / "2011_09_26" / "2011_09_26_drive_0023_sync" / "proj_depth" / "velodyne"
+                               / "image_02" / "0000000000.npz")
+    assert npz.shape == (375, 1242) and 17_000 <= np.count_nonzero(npz) <= 21_000
 
 
 def test_velodyne_bad_size(tmp_path):

@@ -91,10 +91,12 @@ def test_write_errors_keep_old_file(tmp_path):
 
 
 def test_refs_for_root(kitti_root):
+    # drive 0001 has frames 0-7, drive 0023 frames 0-6; refs come drive by drive, in frame order
+    d1, d23 = "2011_09_26_drive_0001_sync", "2011_09_26_drive_0023_sync"
     refs = refs_for_root(kitti_root, (-1, 1))
-    assert [r.frame for r in refs] == [1, 2, 3, 4, 5, 6]
-    assert all(r == SampleRef("2011_09_26", "2011_09_26_drive_0001_sync", r.frame, 2) for r in refs)
-    assert [r.frame for r in refs_for_root(kitti_root, (-1,))] == [1, 2, 3, 4, 5, 6, 7]
-    assert [r.frame for r in refs_for_root(kitti_root, (-3, 3))] == [3, 4]
-    assert [r.cam for r in refs_for_root(kitti_root, (-1, 1), cam=3)] == [3] * 6
+    assert [(r.drive, r.frame) for r in refs] == [(d1, f) for f in range(1, 7)] + [(d23, f) for f in range(1, 6)]
+    assert all(r == SampleRef("2011_09_26", r.drive, r.frame, 2) for r in refs)
+    assert [r.frame for r in refs_for_root(kitti_root, (-1,))] == [*range(1, 8), *range(1, 7)]
+    assert [r.frame for r in refs_for_root(kitti_root, (-3, 3))] == [3, 4, 3]
+    assert [r.cam for r in refs_for_root(kitti_root, (-1, 1), cam=3)] == [3] * 11
     assert refs[0].name == "2011_09_26/2011_09_26_drive_0001_sync/0000000001"

@@ -1,4 +1,6 @@
-"""`KittiDataset`: target + context frames from KITTI raw (or synthetic KITTI-format) drives.
+"""Datasets of target + context frames: `KittiDataset` (KITTI raw drives, and synthetic drives in the
+same layout), `OdometryDataset` (KITTI odometry sequences), both `FrameDataset`s over `Sample`s of a
+sequence (KittiDrive or OdometrySequence).
 
 Item keys (docs/architecture.md), H x W = network size, H0 x W0 = original image size,
 N = number of context frames:
@@ -13,7 +15,12 @@ N = number of context frames:
 - `speed`: [] float32 m/s = ||(vf, vl, vu)|| of the target OXTS packet; `dt`: [N] float32 seconds
   |t_ctx - t_tgt| (camera timestamps, else OXTS timestamps); `pose_gt`: [N,4,4] float32
   T_ctx_tgt of the rectified camera from OXTS (all three only when the drive has OXTS).
-- `filename`: "date/drive/NNNNNNNNNN"; `original_size`: int64 [2] = (W0, H0).
+- `filename`: "date/drive/NNNNNNNNNN" ("odometry/SEQ/NNNNNN"); `original_size`: int64 [2] = (W0, H0).
+- with `stereo`: `rgb_stereo` [3,H,W] (never jittered: it is only warped) the other camera of the
+  rectified pair, and `T_stereo` [4,4] float32 = T_other_target from the calibration.
+- with `hints`: `depth_hint` [1,H,W] float32 metres, the stereo matcher's depth (0 = none), resized
+  with nearest neighbours.
+- odometry: `speed` from pose differences, `dt` from frame / frame_rate, `pose_gt` from the poses.
 
 A horizontal flip mirrors every image and GT map, sets cx' = W-1-cx and mirrors the poses
 F T F with F = diag(-1,1,1,1). Flip and jitter happen only when `training` and `augment` is
@@ -32,9 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from semdepth_core.data.kitti import (
-    KittiDrive, KittiFormatError, read_depth_png, read_label_png, read_rgb, velodyne_depth,
-)
+from semdepth_core.data.kitti import STEREO_PARTNER, KittiDrive, KittiFormatError, read_label_png
 from semdepth_core.data.splits import SampleRef, read_split_file, refs_for_root
 from semdepth_core.geometry.camera import resize_intrinsics
 from semdepth_core.geometry.se3 import invert_se3_np
@@ -100,12 +105,14 @@ def adjust_hue(img: torch.Tensor, shift: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class JitterParams:
-    """Colour-jitter factors, applied in this fixed order: brightness, contrast, saturation, hue."""
+    """Colour-jitter factors, applied in this fixed order: brightness, contrast, saturation, hue, then
+    (when `grayscale`) the grey level in all three channels, as a greyscale camera's replicated image."""
 
     brightness: float = 1.0
     contrast: float = 1.0
     saturation: float = 1.0
     hue: float = 0.0
+    grayscale: bool = False
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
         out = img
@@ -117,6 +124,8 @@ class JitterParams:
             out = adjust_saturation(out, self.saturation)
         if self.hue != 0.0:
             out = adjust_hue(out, self.hue)
+        if self.grayscale:
+            out = _gray(out).expand_as(out).clamp(0.0, 1.0).contiguous()
         return out
 
 
@@ -136,11 +145,15 @@ def sample_jitter(augment: Any) -> JitterParams:
     b, c, s, h = (float(_aug_value(augment, k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue"))
     if min(b, c, s, h) < 0 or h > 0.5:
         raise ValueError(f"jitter ranges must be >= 0 (hue <= 0.5), got b={b} c={c} s={s} h={h}")
+    g = float(_aug_value(augment, "grayscale_prob", 0.0))
+    if not 0.0 <= g <= 1.0:
+        raise ValueError(f"grayscale_prob must be in [0, 1], got {g}")
     return JitterParams(
         brightness=_uniform(max(0.0, 1 - b), 1 + b) if b else 1.0,
         contrast=_uniform(max(0.0, 1 - c), 1 + c) if c else 1.0,
         saturation=_uniform(max(0.0, 1 - s), 1 + s) if s else 1.0,
         hue=_uniform(-h, h) if h else 0.0,
+        grayscale=bool(g > 0 and torch.rand(()).item() < g),  # drawn only when enabled: the RNG stream is unchanged otherwise
     )
 
 
@@ -148,25 +161,41 @@ def sample_jitter(augment: Any) -> JitterParams:
 # Dataset
 # --------------------------------------------------------------------------------------------
 
-def _to_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    if (rgb.shape[1], rgb.shape[0]) != size:
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+@dataclass(frozen=True)
+class Sample:
+    """One target image: a sequence (KittiDrive or OdometrySequence), its frame and camera."""
+
+    seq: Any
+    frame: int
+    cam: int
+
+    @property
+    def name(self) -> str:
+        """'date/drive/NNNNNNNNNN' for KITTI raw (the split files' naming), 'odometry/SEQ/NNNNNN' otherwise;
+        a right-camera target (cam 1 or 3) gets the suffix ' r'."""
+        width = 6 if self.seq.name.startswith("odometry/") else 10
+        suffix = " r" if self.cam in (1, 3) and self.seq.name.startswith("odometry/") else ""
+        return f"{self.seq.name}/{self.frame:0{width}d}{suffix}"
 
 
-class KittiDataset(Dataset):
-    """Self-supervised training / validation samples from KITTI raw drives under `root`.
+class FrameDataset(Dataset):
+    """Self-supervised training / validation samples from image sequences (KITTI raw drives, synthetic
+    drives in the same layout, KITTI odometry sequences), all with the item keys of this module.
 
-    refs: list of SampleRef, a split file path, or None (every frame with all context frames
-    under root, camera 2). augment: an AugmentConfig-like object (flip: bool, brightness,
-    contrast, saturation, hue, optional jitter_prob and flip_prob) or None.
+    samples: the targets. context: frame offsets of the temporal context. stereo: also return the other
+    camera of the target's rectified stereo pair (`rgb_stereo`, `T_stereo`); every sample's sequence must
+    index that camera. cache_images: keep every resized image (and hint) in memory after its first load.
+    hints: an object with `depth(seq, frame, cam) -> [H0,W0] | None` (e.g.
+    `semdepth_core.data.stereo_hints.StereoHints`), giving `depth_hint`. augment: an AugmentConfig-like
+    object (flip, brightness, contrast, saturation, hue, grayscale_prob, optional jitter_prob, flip_prob)
+    or None.
     """
 
-    def __init__(self, root: str | Path, refs: Sequence[SampleRef] | str | Path | None = None,
-                 height: int = 192, width: int = 640, context: Sequence[int] = (-1, 1),
-                 augment: Any = None, with_gt: bool = True, gt_source: str = "auto",
-                 training: bool = True):
-        self.root = Path(root)
+    def __init__(self, samples: Sequence[Sample], height: int = 192, width: int = 640,
+                 context: Sequence[int] = (-1, 1), augment: Any = None, with_gt: bool = True,
+                 gt_source: str = "auto", training: bool = True, stereo: bool = False, hints: Any = None,
+                 where: str = "dataset", skipped: dict[str, int] | None = None,
+                 skipped_examples: dict[str, str] | None = None, cache_images: bool = False):
         if height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive, got {height}x{width}")
         if gt_source not in GT_SOURCES:
@@ -179,36 +208,45 @@ class KittiDataset(Dataset):
         self.with_gt = with_gt
         self.gt_source = gt_source
         self.training = training
-        if refs is None:
-            refs = refs_for_root(self.root, self.context)
-        elif isinstance(refs, (str, Path)):
-            refs = read_split_file(refs)
-        self.refs = [SampleRef(*r) for r in refs]
-        if not self.refs:
-            raise ValueError(f"no samples: {self.root} has no frames with context {self.context} (or refs is empty)")
-        self._drives: dict[tuple[str, str, int], KittiDrive] = {}
-        self._validate()
+        self.stereo = bool(stereo)
+        self.hints = hints
+        self.cache_images = bool(cache_images)
+        self._cache: dict[tuple, np.ndarray] = {}
+        if hints is not None and not self.stereo:
+            raise ValueError("depth hints come from the stereo pair: they need stereo=True")
+        self.samples = list(samples)
+        # requested targets left out, reason -> count (e.g. one side of the stereo pair missing), with an
+        # example path per reason: reported by the trainer, never dropped silently
+        self.skipped = dict(skipped or {})
+        self.skipped_examples = dict(skipped_examples or {})
+        if not self.samples:
+            raise ValueError(f"{where}: no samples (no frames with context {self.context})")
+        self._validate(where)
 
-    def _drive(self, ref: SampleRef) -> KittiDrive:
-        key = (ref.date, ref.drive, ref.cam)
-        if key not in self._drives:
-            self._drives[key] = KittiDrive(ref.drive_dir(self.root), cams=(ref.cam,))
-        return self._drives[key]
-
-    def _validate(self) -> None:
+    def _validate(self, where: str) -> None:
         missing = []
-        for ref in self.refs:
-            drive = self._drive(ref)
-            for f in (ref.frame, *(ref.frame + o for o in self.context)):
-                if f not in drive:
-                    missing.append(f"{ref.name} (needs frame {f}, cam {ref.cam})")
+        for s in self.samples:
+            for f in (s.frame, *(s.frame + o for o in self.context)):
+                if not s.seq.has(f, s.cam):
+                    missing.append(f"{s.name} (needs frame {f}, cam {s.cam})")
                     break
         if missing:
-            raise KittiFormatError(f"{self.root}: {len(missing)} samples lack their target/context images, "
+            raise KittiFormatError(f"{where}: {len(missing)} samples lack their target/context images, "
                                    f"e.g. {missing[:3]}")
+        if self.stereo:
+            for s in self.samples:
+                other = s.seq.stereo_partner(s.cam)
+                if other is None:
+                    raise KittiFormatError(f"{s.seq.name}: stereo training needs camera {s.cam}'s stereo partner, "
+                                           f"which this sequence does not index (cams {s.seq.cams})")
+            for seq, cam in {(s.seq, s.cam) for s in self.samples}:
+                K1, K2 = seq.K(cam), seq.K(seq.stereo_partner(cam))
+                if not np.allclose(K1, K2, rtol=1e-4, atol=1e-3):
+                    raise KittiFormatError(f"{seq.name}: cameras {cam} and {seq.stereo_partner(cam)} have different "
+                                           "intrinsics; stereo warping needs a rectified pair")
 
     def __len__(self) -> int:
-        return len(self.refs)
+        return len(self.samples)
 
     # augmentation ---------------------------------------------------------------------------
     def sample_augmentation(self) -> tuple[bool, JitterParams | None]:
@@ -227,58 +265,84 @@ class KittiDataset(Dataset):
         return self.load(index, flip=flip, jitter=jitter)
 
     # loading --------------------------------------------------------------------------------
+    def _image(self, seq: Any, frame: int, cam: int, size0: tuple[int, int]) -> np.ndarray:
+        im = seq.load_image(frame, cam)
+        if (im.shape[1], im.shape[0]) != size0:
+            raise KittiFormatError(f"{seq.image_path(frame, cam)}: image is {im.shape[1]}x{im.shape[0]} but "
+                                   f"{seq.size_source(cam)} says {size0[0]}x{size0[1]}")
+        return im
+
+    def _net_image(self, seq: Any, frame: int, cam: int, size0: tuple[int, int]) -> torch.Tensor:
+        """[3,H,W] float in [0,1] at the network size; with `cache_images` the resized uint8 image is kept
+        (a few real sequences fit in memory many times over, and PNG decoding is a large part of a CPU step)."""
+        key = (id(seq), frame, cam)
+        small = self._cache.get(key) if self.cache_images else None
+        if small is None:
+            small = self._image(seq, frame, cam, size0)
+            if (small.shape[1], small.shape[0]) != (self.width, self.height):
+                small = cv2.resize(small, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            if self.cache_images:
+                self._cache[key] = small
+        return torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).float().div_(255.0)
+
     def load(self, index: int, flip: bool = False, jitter: JitterParams | None = None) -> dict[str, Any]:
         """The item for `index` with an explicit flip / jitter (deterministic)."""
-        ref = self.refs[index]
-        drive = self._drive(ref)
+        s = self.samples[index]
+        seq, cam = s.seq, s.cam
         size = (self.width, self.height)
-        ctx_frames = [ref.frame + o for o in self.context]
+        size0 = seq.native_size(cam)
+        W0, H0 = size0
+        ctx_frames = [s.frame + o for o in self.context]
 
-        rgb_np = read_rgb(drive.image_path(ref.frame, ref.cam))
-        H0, W0 = rgb_np.shape[:2]
-        calib = drive.calib
-        if calib.image_size(ref.cam) != (W0, H0):
-            raise KittiFormatError(f"{drive.image_path(ref.frame, ref.cam)}: image is {W0}x{H0} but "
-                                   f"S_rect_0{ref.cam} in {drive.date_dir} says {calib.image_size(ref.cam)}")
-        rgb = _to_tensor(rgb_np, size)
-        ctx = [read_rgb(drive.image_path(f, ref.cam)) for f in ctx_frames]
-        for f, im in zip(ctx_frames, ctx):
-            if im.shape[:2] != (H0, W0):
-                raise KittiFormatError(f"{drive.image_path(f, ref.cam)}: size {im.shape[1]}x{im.shape[0]} "
-                                       f"differs from the target's {W0}x{H0}")
-        rgb_ctx = torch.stack([_to_tensor(im, size) for im in ctx]) if ctx else \
-            torch.zeros(0, 3, self.height, self.width)
-        K = resize_intrinsics(calib.K(ref.cam), (W0, H0), size)
+        rgb = self._net_image(seq, s.frame, cam, size0)
+        ctx = [self._net_image(seq, f, cam, size0) for f in ctx_frames]
+        rgb_ctx = torch.stack(ctx) if ctx else torch.zeros(0, 3, self.height, self.width)
+        K = resize_intrinsics(seq.K(cam), size0, size)
 
-        item: dict[str, Any] = {"filename": ref.name, "original_size": torch.tensor([W0, H0], dtype=torch.int64)}
+        item: dict[str, Any] = {"filename": s.name, "original_size": torch.tensor([W0, H0], dtype=torch.int64),
+                                "cam": torch.tensor(cam, dtype=torch.int64), "flipped": torch.tensor(bool(flip))}
+        if self.stereo:
+            other = seq.stereo_partner(cam)
+            item["rgb_stereo"] = self._net_image(seq, s.frame, other, size0)
+            T_st = seq.T_between(other, cam)  # target camera -> the other camera
+            item["T_stereo"] = torch.from_numpy((FLIP @ T_st @ FLIP if flip else T_st).astype(np.float32))
+        if self.hints is not None:
+            key = ("hint", id(seq), s.frame, cam)
+            hint = self._cache.get(key)
+            if hint is None:
+                hint = self.hints.depth(seq, s.frame, cam)
+                if hint is not None:
+                    if hint.shape != (H0, W0):
+                        raise KittiFormatError(f"{seq.name} frame {s.frame}: depth hint is {hint.shape[1]}x{hint.shape[0]}, "
+                                               f"image is {W0}x{H0}")
+                    hint = cv2.resize(hint, size, interpolation=cv2.INTER_NEAREST)
+                else:
+                    hint = np.zeros((self.height, self.width), np.float32)
+                if self.cache_images:
+                    self._cache[key] = hint
+            item["depth_hint"] = torch.from_numpy(np.array(hint, np.float32))[None]
 
         if self.with_gt:
-            depth = self._depth_gt(drive, ref, (W0, H0))
+            depth = seq.depth_gt(s.frame, cam, self.gt_source)
             if depth is not None:
                 item["depth_gt"] = torch.from_numpy(depth)[None]
-            sem_p, dyn_p = drive.semantic_path(ref.frame, ref.cam), drive.dynamic_path(ref.frame, ref.cam)
-            for key, p, dtype in (("semantic_gt", sem_p, torch.int64), ("dynamic_gt", dyn_p, torch.uint8)):
-                if p is None:
-                    continue
+            labels = getattr(seq, "label_paths", None)
+            for key, p, dtype in (labels(s.frame, cam) if labels else ()):
                 lab = read_label_png(p)
                 if lab.shape != (H0, W0):
                     raise KittiFormatError(f"{p}: label map is {lab.shape[1]}x{lab.shape[0]}, image is {W0}x{H0}")
                 item[key] = torch.from_numpy(lab).to(dtype)
 
-        if drive.has_oxts:
-            pkt = drive.oxts(ref.frame)
-            item["speed"] = torch.tensor(pkt.speed, dtype=torch.float32)
-            sensor = f"image_0{ref.cam}" if drive.has_timestamps(f"image_0{ref.cam}") else "oxts"
-            if drive.has_timestamps(sensor):
-                t0 = drive.timestamp(ref.frame, sensor)
-                item["dt"] = torch.tensor([abs(drive.timestamp(f, sensor) - t0) for f in ctx_frames],
-                                          dtype=torch.float32)
-            if calib.T_velo_imu is not None:
-                T_w = drive.camera_poses([ref.frame, *ctx_frames], ref.cam)  # Mercator scale of the target
-                T_ctx_tgt = invert_se3_np(T_w[1:]) @ T_w[0]
-                if flip:
-                    T_ctx_tgt = FLIP @ T_ctx_tgt @ FLIP
-                item["pose_gt"] = torch.from_numpy(T_ctx_tgt.astype(np.float32))
+        motion = seq.motion(s.frame, ctx_frames, cam)
+        if "speed" in motion:
+            item["speed"] = torch.tensor(float(motion["speed"]), dtype=torch.float32)
+        if "dt" in motion:
+            item["dt"] = torch.as_tensor(np.asarray(motion["dt"]), dtype=torch.float32)
+        if "pose_gt" in motion:
+            T_ctx_tgt = np.asarray(motion["pose_gt"])
+            if flip:
+                T_ctx_tgt = FLIP @ T_ctx_tgt @ FLIP
+            item["pose_gt"] = torch.from_numpy(T_ctx_tgt.astype(np.float32))
 
         if flip:
             rgb = rgb.flip(-1)
@@ -286,32 +350,94 @@ class KittiDataset(Dataset):
             K = K.copy()
             K[0, 2] = self.width - 1 - K[0, 2]
             K[0, 1] = -K[0, 1]
-            for key in ("depth_gt", "semantic_gt", "dynamic_gt"):
+            for key in ("depth_gt", "semantic_gt", "dynamic_gt", "depth_hint", "rgb_stereo"):
                 if key in item:
                     item[key] = item[key].flip(-1)
         item["rgb"] = rgb.contiguous()
         item["rgb_context"] = rgb_ctx.contiguous()
         item["rgb_aug"] = jitter.apply(rgb) if jitter is not None else rgb.clone()
         item["rgb_context_aug"] = jitter.apply(rgb_ctx) if jitter is not None else rgb_ctx.clone()
+        if "rgb_stereo" in item:
+            item["rgb_stereo"] = item["rgb_stereo"].contiguous()
         item["K"] = torch.from_numpy(np.asarray(K, dtype=np.float32))
         return item
 
-    def _depth_gt(self, drive: KittiDrive, ref: SampleRef, size0: tuple[int, int]) -> np.ndarray | None:
-        dense = drive.dense_depth_path(ref.frame, ref.cam)
-        velo = drive.velodyne_path(ref.frame)
-        if self.gt_source == "dense" or (self.gt_source == "auto" and dense is not None):
-            if dense is None:
-                raise KittiFormatError(f"{drive.path}: no dense depth for frame {ref.frame} (gt_source='dense')")
-            depth = read_depth_png(dense)
-            if depth.shape != (size0[1], size0[0]):
-                raise KittiFormatError(f"{dense}: depth is {depth.shape[1]}x{depth.shape[0]}, "
-                                       f"image is {size0[0]}x{size0[1]}")
-            return depth
-        if velo is None:
-            if self.gt_source == "velodyne":
-                raise KittiFormatError(f"{drive.path}: no Velodyne scan for frame {ref.frame} (gt_source='velodyne')")
-            return None
-        return velodyne_depth(drive.load_velodyne(ref.frame), drive.calib, ref.cam, size0)
+class KittiDataset(FrameDataset):
+    """Samples from KITTI raw drives (or synthetic drives in the same layout) under `root`.
+
+    refs: list of SampleRef, a split file path, or None (every frame with all context frames
+    under root, camera 2). With stereo=True each drive indexes both cameras of the pair (2 and 3),
+    and a frame missing on one side is left out and counted (`skipped_summary()`).
+    """
+
+    def __init__(self, root: str | Path, refs: Sequence[SampleRef] | str | Path | None = None,
+                 height: int = 192, width: int = 640, context: Sequence[int] = (-1, 1),
+                 augment: Any = None, with_gt: bool = True, gt_source: str = "auto",
+                 training: bool = True, stereo: bool = False, hints: Any = None, cache_images: bool = False):
+        self.root = Path(root)
+        if refs is None:
+            refs = refs_for_root(self.root, tuple(int(o) for o in context))
+        elif isinstance(refs, (str, Path)):
+            refs = read_split_file(refs)
+        self.refs = [SampleRef(*r) for r in refs]
+        if not self.refs:
+            raise ValueError(f"no samples: {self.root} has no frames with context {tuple(context)} (or refs is empty)")
+        drives: dict[tuple[str, str, tuple[int, ...]], KittiDrive] = {}
+        samples, skipped, examples = [], {}, {}
+        for ref in self.refs:
+            cams = (ref.cam, STEREO_PARTNER[ref.cam]) if stereo else (ref.cam,)
+            key = (ref.date, ref.drive, cams)
+            if key not in drives:
+                drives[key] = KittiDrive(ref.drive_dir(self.root), cams=cams)
+            drive = drives[key]
+            other = STEREO_PARTNER[ref.cam]
+            if stereo and drive.has(ref.frame, ref.cam) and not drive.has(ref.frame, other):
+                reason = f"no image_0{other} image (stereo side missing)"
+                skipped[reason] = skipped.get(reason, 0) + 1
+                examples.setdefault(reason, str(drive.image_path(ref.frame, other)))
+                continue
+            samples.append(Sample(drive, ref.frame, ref.cam))
+        super().__init__(samples, height, width, context, augment, with_gt, gt_source, training, stereo, hints,
+                         where=str(self.root), skipped=skipped, skipped_examples=examples)
+
+
+
+class OdometryDataset(FrameDataset):
+    """Samples from KITTI odometry sequences under `root` (greyscale cameras 0/1 replicated to RGB).
+
+    sequences: names (None = every sequence folder). cams: target cameras ((0,) = left; (0, 1) = both
+    sides of the pair as targets). With stereo=True each sequence indexes both cameras of every target's
+    pair; targets whose other side is missing are left out and counted (`skipped`). Odometry has no depth ground
+    truth: items carry speed, dt and pose_gt from the metric poses.
+    """
+
+    def __init__(self, root: str | Path, sequences: Sequence[str] | None = None, cams: Sequence[int] = (0,),
+                 height: int = 192, width: int = 640, context: Sequence[int] = (-1, 1), augment: Any = None,
+                 training: bool = True, stereo: bool = False, hints: Any = None,
+                 frame_rate: float = 10.0, cache_images: bool = False):
+        from semdepth_core.data.kitti_odometry import OdometrySequence, find_odometry_sequences
+
+        self.root = Path(root)
+        names = list(sequences) if sequences else find_odometry_sequences(self.root)
+        cams = tuple(int(c) for c in cams)
+        index_cams = tuple(sorted(set(cams) | ({STEREO_PARTNER[c] for c in cams} if stereo else set())))
+        samples, skipped, examples = [], {}, {}
+        context = tuple(int(o) for o in context)
+        for name in names:
+            seq = OdometrySequence(self.root, name, cams=index_cams, frame_rate=frame_rate)
+            for c in cams:
+                other = STEREO_PARTNER[c]
+                for f in seq.frames_with_context(context, cam=c):
+                    if stereo and not seq.has(f, other):
+                        reason = f"no image_{other} image (stereo side missing)"
+                        skipped[reason] = skipped.get(reason, 0) + 1
+                        examples.setdefault(reason, str(seq.image_path(f, other)))
+                        continue
+                    samples.append(Sample(seq, f, c))
+        samples.sort(key=lambda smp: (smp.seq.name, smp.frame, smp.cam))
+        super().__init__(samples, height, width, context, augment, with_gt=False, gt_source="auto",
+                         training=training, stereo=stereo, hints=hints, where=str(self.root),
+                         skipped=skipped, skipped_examples=examples, cache_images=cache_images)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

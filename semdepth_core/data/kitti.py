@@ -31,9 +31,11 @@ from semdepth_core.geometry.se3 import euler_to_matrix_np, invert_se3_np
 
 PathLike = str | Path
 
+STEREO_PARTNER = {0: 1, 1: 0, 2: 3, 3: 2}  # rectified stereo pairs: grey 0/1, colour 2/3
+GREY_CAMS = (0, 1)
 EARTH_RADIUS = 6378137.0  # WGS84 equatorial radius used by the KITTI devkit (m)
 DEPTH_PNG_SCALE = 256.0  # KITTI depth PNGs: uint16 = round(depth * 256), 0 = invalid
-_FRAME_RE = re.compile(r"^(\d{10})\.(png|txt|bin)$")
+_FRAME_RE = re.compile(r"^(\d{10})\.(png|txt|bin|npz)$")
 
 
 class KittiFormatError(ValueError):
@@ -389,13 +391,27 @@ def load_velodyne(path: PathLike) -> np.ndarray:
     return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
 
 
-def project_points_to_depth(points_cam: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+# Where a LiDAR point lands on the pixel grid.
+#   "kitti":   round(u) - 1, round(v) - 1: the published ground truth (the KITTI devkit's MATLAB indexing as
+#              carried into monodepth2's `generate_depth_map` and every Eigen-split table since). Use it for
+#              numbers that are compared with published ones. Defined at the native (S_rect) resolution.
+#   "nearest": round(u), round(v): the pixel whose centre is nearest under this project's convention
+#              (pixel centres at integer coordinates).
+# A perfectly aligned prediction scores about 0.006 abs_rel apart between the two on KITTI frames.
+GT_PLACEMENTS = ("kitti", "nearest")
+DEFAULT_GT_PLACEMENT = "kitti"
+
+
+def project_points_to_depth(points_cam: np.ndarray, K: np.ndarray, size: tuple[int, int],
+                            placement: str = DEFAULT_GT_PLACEMENT) -> np.ndarray:
     """Sparse depth map [H,W] float32 from points [N,3] already in the camera frame.
 
-    Points with z <= 0 are dropped; (u, v) = K X / z are rounded to the nearest pixel centre
-    (pixel centres at integer coordinates, so round-to-nearest, not the devkit's MATLAB `-1`);
-    points outside the image are dropped; when several points land on one pixel the nearest wins.
+    Points with z <= 0 are dropped; (u, v) = K X / z are placed by `placement` (GT_PLACEMENTS: "kitti",
+    the published protocol's round-then-minus-one, or "nearest"); points outside the image are dropped;
+    when several points land on one pixel the nearest wins.
     """
+    if placement not in GT_PLACEMENTS:
+        raise ValueError(f"placement must be one of {GT_PLACEMENTS}, got {placement!r}")
     W, H = int(size[0]), int(size[1])
     depth = np.zeros((H, W), dtype=np.float32)
     X = np.asarray(points_cam, dtype=np.float64)
@@ -404,8 +420,9 @@ def project_points_to_depth(points_cam: np.ndarray, K: np.ndarray, size: tuple[i
         return depth
     uvw = X @ np.asarray(K, dtype=np.float64).T
     z = uvw[:, 2]
-    u = np.round(uvw[:, 0] / z).astype(np.int64)
-    v = np.round(uvw[:, 1] / z).astype(np.int64)
+    shift = 1 if placement == "kitti" else 0
+    u = np.round(uvw[:, 0] / z).astype(np.int64) - shift
+    v = np.round(uvw[:, 1] / z).astype(np.int64) - shift
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
     u, v, z = u[inside], v[inside], z[inside]
     lin = v * W + u
@@ -418,12 +435,12 @@ def project_points_to_depth(points_cam: np.ndarray, K: np.ndarray, size: tuple[i
 
 
 def velodyne_depth(points: np.ndarray, calib: KittiCalib, cam: int = 2,
-                   size: tuple[int, int] | None = None) -> np.ndarray:
+                   size: tuple[int, int] | None = None, placement: str = DEFAULT_GT_PLACEMENT) -> np.ndarray:
     """Project a Velodyne scan into rectified camera `cam`: depth [H,W] float32 metres, 0 = invalid.
 
     Equivalent to P_rect_0cam @ R_rect_00 @ Tr_velo_to_cam; depth is the z of the point in the
     rectified camera frame. At `size=(W, H)` (default S_rect) the intrinsics are resized with
-    the half-pixel rule. See `project_points_to_depth` for rounding and occlusion handling.
+    the half-pixel rule. See `project_points_to_depth` for the pixel placement and occlusions.
     """
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] < 3:
@@ -431,7 +448,31 @@ def velodyne_depth(points: np.ndarray, calib: KittiCalib, cam: int = 2,
     size = calib.image_size(cam) if size is None else (int(size[0]), int(size[1]))
     T = calib.T_cam_velo(cam)
     X = pts[:, :3].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
-    return project_points_to_depth(X, calib.K(cam, size), size)
+    return project_points_to_depth(X, calib.K(cam, size), size, placement)
+
+
+PROJECTED_DEPTH_KEY = "velodyne_depth"
+
+
+def read_projected_depth(path: PathLike, key: str = PROJECTED_DEPTH_KEY) -> np.ndarray:
+    """LiDAR already projected into a camera (packnet-sfm's `proj_depth/velodyne/image_0X/*.npz`):
+    float32 metres [H,W], 0 = no return. A missing key, another shape or bad values raise KittiFormatError."""
+    path = _require_file(Path(path), "projected LiDAR depth")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if key not in npz.files:
+                raise KittiFormatError(f"{path}: no array {key!r} in the npz (it holds {sorted(npz.files)})")
+            depth = np.asarray(npz[key])
+    except KittiFormatError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
+        raise KittiFormatError(f"{path}: cannot read the npz ({type(exc).__name__}: {exc})") from None
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+        raise KittiFormatError(f"{path}: {key!r} must be a float [H,W] depth map, got {depth.dtype} {depth.shape}")
+    depth = depth.astype(np.float32)
+    if not np.all(np.isfinite(depth)) or depth.min(initial=0.0) < 0:
+        raise KittiFormatError(f"{path}: {key!r} holds negative or non-finite depths")
+    return depth
 
 
 def _read_single_channel_png(path: PathLike, dtype, what: str) -> np.ndarray:
@@ -475,6 +516,35 @@ def read_rgb(path: PathLike) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def read_image_as_rgb(path: PathLike, expect: str | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB from a colour or greyscale 8-bit PNG (grey is replicated to three channels).
+
+    expect: "grey" or "colour" to refuse the other kind with a KittiFormatError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KittiMissingFileError(f"{path}: missing image")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise KittiFormatError(f"{path}: cannot decode image")
+    if img.dtype != np.uint8:
+        raise KittiFormatError(f"{path}: expected an 8-bit image, got {img.dtype}")
+    grey = img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1)
+    if expect is not None and expect not in ("grey", "colour"):
+        raise ValueError(f"expect must be 'grey', 'colour' or None, got {expect!r}")
+    if expect == "grey" and not grey:
+        raise KittiFormatError(f"{path}: a colour image in a greyscale camera folder (mixed greyscale and colour "
+                               "inputs in one sequence)")
+    if expect == "colour" and grey:
+        raise KittiFormatError(f"{path}: a greyscale image in a colour camera folder (mixed greyscale and colour "
+                               "inputs in one sequence)")
+    if grey:
+        return np.ascontiguousarray(np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2))
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
 def read_label_png(path: PathLike) -> np.ndarray:
     """Single-channel uint8 PNG (semantic trainIds or dynamic mask) -> HxW uint8."""
     return _read_single_channel_png(path, np.uint8, "label PNG")
@@ -505,8 +575,9 @@ class KittiDrive:
         self.date_dir = self.path.parent
         self.date = self.date_dir.name
         self.drive = self.path.name
-        sets = [_frames_in(self.path / f"image_0{c}" / "data", "png") for c in self.cams]
-        self.frames: list[int] = sorted(set.intersection(*sets)) if sets else []
+        sets = {c: _frames_in(self.path / f"image_0{c}" / "data", "png") for c in self.cams}
+        self._cam_frames = sets
+        self.frames: list[int] = sorted(set.intersection(*sets.values())) if sets else []
         self._frame_set = set(self.frames)
         self._oxts_cache: dict[int, OxtsPacket] = {}
         self._ts_cache: dict[str, np.ndarray] = {}
@@ -519,6 +590,10 @@ class KittiDrive:
 
     def __contains__(self, frame: int) -> bool:
         return frame in self._frame_set
+
+    def has(self, frame: int, cam: int) -> bool:
+        """True when camera `cam` (one of `cams`) has an image for `frame`."""
+        return frame in self._cam_frames.get(cam, ())
 
     @cached_property
     def calib(self) -> KittiCalib:
@@ -536,6 +611,10 @@ class KittiDrive:
 
     def oxts_path(self, frame: int) -> Path | None:
         return self._optional(self.path / "oxts" / "data" / frame_name(frame, "txt"))
+
+    def projected_depth_path(self, frame: int, cam: int = 2) -> Path | None:
+        """LiDAR already projected into camera `cam` (`proj_depth/velodyne/image_0X/*.npz`), if present."""
+        return self._optional(self.path / "proj_depth" / "velodyne" / f"image_0{cam}" / frame_name(frame, "npz"))
 
     def dense_depth_path(self, frame: int, cam: int = 2) -> Path | None:
         return self._optional(self.path / "proj_depth" / "groundtruth" / f"image_0{cam}" / frame_name(frame, "png"))
@@ -584,7 +663,88 @@ class KittiDrive:
         return float(ts[frame])
 
     def load_image(self, frame: int, cam: int = 2) -> np.ndarray:
-        return read_rgb(self.image_path(frame, cam))
+        """HxWx3 uint8 RGB (cams 0/1 are greyscale, replicated; a colour file there, or a grey one in 2/3, is an error)."""
+        return read_image_as_rgb(self.image_path(frame, cam), "grey" if cam in GREY_CAMS else "colour")
+
+    # the sequence interface shared with OdometrySequence (data/dataset.py) -------------------
+    @property
+    def name(self) -> str:
+        return f"{self.date}/{self.drive}"
+
+    def native_size(self, cam: int = 2) -> tuple[int, int]:
+        return self.calib.image_size(cam)
+
+    def size_source(self, cam: int = 2) -> str:
+        """Where `native_size` comes from (for error messages)."""
+        return f"S_rect_0{cam} in {self.date_dir}"
+
+    def label_paths(self, frame: int, cam: int = 2) -> list:
+        """[(item key, path, torch dtype)] of the label maps present (synthetic drives)."""
+        import torch
+
+        out = []
+        for key, p, dtype in (("semantic_gt", self.semantic_path(frame, cam), torch.int64),
+                              ("dynamic_gt", self.dynamic_path(frame, cam), torch.uint8)):
+            if p is not None:
+                out.append((key, p, dtype))
+        return out
+
+    def K(self, cam: int = 2, size: tuple[int, int] | None = None) -> np.ndarray:
+        return self.calib.K(cam, size)
+
+    def stereo_partner(self, cam: int) -> int | None:
+        """The other camera of `cam`'s rectified stereo pair when it is indexed, else None."""
+        other = STEREO_PARTNER[cam]
+        return other if other in self.cams else None
+
+    def T_between(self, dst: int, src: int) -> np.ndarray:
+        """Maps points of rectified camera `src` into rectified camera `dst` (e.g. T_cam3_cam2)."""
+        return self.calib.T_camrect_cam0rect(dst) @ invert_se3_np(self.calib.T_camrect_cam0rect(src))
+
+    def motion(self, frame: int, ctx_frames: list[int], cam: int) -> dict:
+        """From OXTS, when the drive has it: speed (m/s), dt [N] (s, camera timestamps else OXTS
+        timestamps) and pose_gt [N,4,4] = T_ctx_tgt of camera `cam`. Empty without OXTS."""
+        if not self.has_oxts:
+            return {}
+        out: dict = {"speed": self.oxts(frame).speed}
+        sensor = f"image_0{cam}" if self.has_timestamps(f"image_0{cam}") else "oxts"
+        if self.has_timestamps(sensor):
+            t0 = self.timestamp(frame, sensor)
+            out["dt"] = np.array([abs(self.timestamp(f, sensor) - t0) for f in ctx_frames])
+        if self.calib.T_velo_imu is not None:
+            T_w = self.camera_poses([frame, *ctx_frames], cam)  # Mercator scale of the target
+            out["pose_gt"] = invert_se3_np(T_w[1:]) @ T_w[0] if ctx_frames else np.zeros((0, 4, 4))
+        return out
+
+    def depth_gt(self, frame: int, cam: int, gt_source: str = "auto") -> np.ndarray | None:
+        """Ground-truth depth [H0,W0] at the native size, 0 = invalid, or None when there is none.
+
+        gt_source "dense": the dense PNG (synthetic drives); "velodyne": the LiDAR, from the raw scan
+        (`velodyne_points`, projected with the published pixel placement) or else the packaged projection
+        (`proj_depth/velodyne/*.npz`); "auto": dense if present, else the LiDAR. A missing requested
+        source raises KittiMissingFileError.
+        """
+        size0 = self.native_size(cam)
+        dense = self.dense_depth_path(frame, cam)
+        if gt_source == "dense" or (gt_source == "auto" and dense is not None):
+            if dense is None:
+                raise KittiMissingFileError(f"{self.path}: no dense depth for frame {frame} (gt_source='dense')")
+            depth = read_depth_png(dense)
+            where = dense
+        elif self.velodyne_path(frame) is not None:
+            return velodyne_depth(self.load_velodyne(frame), self.calib, cam, size0)
+        elif (proj := self.projected_depth_path(frame, cam)) is not None:
+            depth = read_projected_depth(proj)
+            where = proj
+        elif gt_source == "velodyne":
+            raise KittiMissingFileError(f"{self.path}: no LiDAR for frame {frame} (neither velodyne_points/data/"
+                                        f"{frame_name(frame, 'bin')} nor proj_depth/velodyne/image_0{cam}/"
+                                        f"{frame_name(frame, 'npz')}; gt_source='velodyne')")
+        else:
+            return None
+        if depth.shape != (size0[1], size0[0]):
+            raise KittiFormatError(f"{where}: depth is {depth.shape[1]}x{depth.shape[0]}, image is {size0[0]}x{size0[1]}")
+        return depth
 
     def load_velodyne(self, frame: int) -> np.ndarray:
         p = self.velodyne_path(frame)
@@ -592,15 +752,19 @@ class KittiDrive:
             raise KittiMissingFileError(f"{self.path}: no Velodyne scan for frame {frame}")
         return load_velodyne(p)
 
-    def velodyne_depth(self, frame: int, cam: int = 2, size: tuple[int, int] | None = None) -> np.ndarray:
-        return velodyne_depth(self.load_velodyne(frame), self.calib, cam, size)
+    def velodyne_depth(self, frame: int, cam: int = 2, size: tuple[int, int] | None = None,
+                       placement: str = DEFAULT_GT_PLACEMENT) -> np.ndarray:
+        return velodyne_depth(self.load_velodyne(frame), self.calib, cam, size, placement)
 
     def camera_poses(self, frames: list[int], cam: int = 2) -> np.ndarray:
         """[N,4,4] T_world_cam for `frames` from OXTS (Mercator scale of the first listed frame)."""
         return camera_poses([self.oxts(f) for f in frames], self.calib, cam)
 
-    def frames_with_context(self, offsets: tuple[int, ...] = (-1, 1)) -> list[int]:
-        """Frames f such that every f + o (o in offsets) is also present."""
+    def frames_with_context(self, offsets: tuple[int, ...] = (-1, 1), cam: int | None = None) -> list[int]:
+        """Frames f such that every f + o (o in offsets) is also present (for camera `cam` only, if given)."""
+        if cam is not None:
+            have = self._cam_frames.get(cam, set())
+            return sorted(f for f in have if all(f + o in have for o in offsets))
         return [f for f in self.frames if all(f + o in self._frame_set for o in offsets)]
 
 
