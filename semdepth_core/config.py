@@ -26,6 +26,7 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.05
     jitter_prob: float = 1.0
+    grayscale_prob: float = 0.0  # network input turned grey (3 equal channels): covers greyscale cameras
 
 
 @dataclass
@@ -44,8 +45,32 @@ class SyntheticConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One data source of `data.kind: mixed` (data.sources / data.val_sources)."""
+    kind: str = "kitti"  # kitti (KITTI raw layout) | odometry (KITTI odometry layout) | synthetic
+    root: str = ""  # kitti / odometry root ("" for synthetic: data.synthetic.cache_dir)
+    split: str = ""  # kitti: split file (either format); empty = every frame with its context frames
+    drives: list[str] = field(default_factory=list)  # kitti: only these drive folders (empty = all)
+    exclude_drives: list[str] = field(default_factory=list)  # kitti: drive folders left out
+    sequences: list[str] = field(default_factory=list)  # odometry: sequence names (empty = all)
+    cams: list[int] = field(default_factory=list)  # target cameras (empty: kitti/synthetic [2], odometry [0])
+    frame_rate: float = 10.0  # odometry without times.txt: frames per second (velocity from pose differences)
+    seeds: list[int] = field(default_factory=list)  # synthetic: drive seeds (rendered with data.synthetic)
+    repeat: int = 1  # each sample appears this many times per epoch (balances small sources)
+    gt_source: str = "auto"  # validation ground truth: auto | velodyne | dense
+
+
+@dataclass
+class HintConfig:
+    """Stereo depth hints (Watson et al. 2019): OpenCV SGBM on each rectified pair, cached on disk."""
+    num_disparities: int = 128
+    block_size: int = 5
+    cache_dir: str = ""  # "" = $SEMDEPTH_CACHE/hints (or ~/.cache/semdepth/hints)
+
+
+@dataclass
 class DataConfig:
-    kind: str = "kitti"  # kitti | synthetic
+    kind: str = "kitti"  # kitti | synthetic | mixed (data.sources)
     root: str = ""  # KITTI raw root (holds YYYY_MM_DD folders)
     train_split: str = ""  # split file; empty = every frame with context under root
     val_root: str = ""  # empty = root
@@ -60,6 +85,12 @@ class DataConfig:
     gt_source: str = "auto"  # auto | velodyne | dense
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    sources: list[SourceConfig] = field(default_factory=list)  # kind mixed: the training sources
+    val_sources: list[SourceConfig] = field(default_factory=list)  # kind mixed: validation (empty = none)
+    stereo: bool = False  # the other camera of each target's rectified pair is one more context (MS)
+    depth_hints: bool = False  # SGBM depth of the stereo pair as `depth_hint` (loss.depth_hint_weight)
+    cache_images: bool = False  # keep the resized training images in memory (small real sets: no PNG decoding per step)
+    hints: HintConfig = field(default_factory=HintConfig)
 
 
 @dataclass
@@ -116,6 +147,7 @@ class LossConfig:
     # with velocity supervision: train scale-free (depth_normalization, no velocity term) for this many
     # steps first, so the pose net learns the direction of motion before the velocity term fixes its length
     velocity_warmup_steps: int = 0
+    depth_hint_weight: float = 0.0  # Depth Hints (needs data.depth_hints): 1.0 as Watson et al.
     # SegDepth auxiliary segmentation loss (0 = off)
     segdepth_weight: float = 0.0
     segdepth_w0: float = 10.0
@@ -148,6 +180,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 = only at epoch end
     tensorboard: bool = True
     num_threads: int = 0  # torch CPU threads per process (0 = library default / cores per process)
+    # keep the frozen semantic net's guidance features of every training image in memory (computed once on the
+    # un-jittered image; a flipped sample gets them mirrored): the semantic net then costs nothing per step
+    cache_semantics: bool = False
 
 
 @dataclass
@@ -175,7 +210,7 @@ class Config:
 
 
 _CHOICES = {
-    "data.kind": {"kitti", "synthetic"},
+    "data.kind": {"kitti", "synthetic", "mixed"},
     "data.gt_source": {"auto", "velodyne", "dense"},
     "model.depth_net": {"resnet18", "resnet50", "mobilenetv2", "packnet01"},
     "model.pose_net": {"posenet"},
@@ -278,6 +313,12 @@ def _validate_ranges(cfg: Config) -> None:
         ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),
         ("loss.smoothness_weight", cfg.loss.smoothness_weight >= 0, "must be >= 0"),
         ("loss.velocity_weight", cfg.loss.velocity_weight >= 0, "must be >= 0"),
+        ("loss.depth_hint_weight", cfg.loss.depth_hint_weight >= 0, "must be >= 0"),
+        ("data.augment.grayscale_prob", 0 <= cfg.data.augment.grayscale_prob <= 1, "must be in [0, 1]"),
+        ("data.hints.num_disparities", cfg.data.hints.num_disparities > 0 and cfg.data.hints.num_disparities % 16 == 0,
+         "must be a positive multiple of 16 (OpenCV SGBM)"),
+        ("data.hints.block_size", cfg.data.hints.block_size >= 1 and cfg.data.hints.block_size % 2 == 1,
+         "must be odd and >= 1"),
         ("loss.scale_anchor_weight", cfg.loss.scale_anchor_weight >= 0, "must be >= 0"),
         ("loss.scale_anchor_depth", cfg.model.min_depth < cfg.loss.scale_anchor_depth < cfg.model.max_depth,
          "must lie strictly between model.min_depth and model.max_depth"),
@@ -294,6 +335,40 @@ def _validate_ranges(cfg: Config) -> None:
     for key, ok, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
+    for group in ("sources", "val_sources"):
+        for i, src in enumerate(getattr(cfg.data, group)):
+            key = f"data.{group}[{i}]"
+            if src.kind not in ("kitti", "odometry", "synthetic"):
+                raise ConfigError(f"{key}.kind: {src.kind!r} is not one of ['kitti', 'odometry', 'synthetic']")
+            if src.kind != "synthetic" and not src.root:
+                raise ConfigError(f"{key}.root: required for kind {src.kind}")
+            if src.kind == "synthetic" and not src.seeds:
+                raise ConfigError(f"{key}.seeds: a synthetic source needs drive seeds")
+            if src.repeat < 1:
+                raise ConfigError(f"{key}.repeat: must be >= 1")
+            if src.frame_rate <= 0:
+                raise ConfigError(f"{key}.frame_rate: must be > 0")
+            if src.gt_source not in ("auto", "velodyne", "dense"):
+                raise ConfigError(f"{key}.gt_source: {src.gt_source!r} is not one of ['auto', 'dense', 'velodyne']")
+            valid_cams = (0, 1, 2, 3) if src.kind == "odometry" else (2, 3)
+            if any(c not in valid_cams for c in src.cams):
+                raise ConfigError(f"{key}.cams: {src.cams} (a {src.kind} source has cameras {list(valid_cams)})")
+    if cfg.data.kind == "mixed" and not cfg.data.sources:
+        raise ConfigError("data.sources: data.kind mixed needs at least one source")
+    if cfg.data.kind != "mixed" and (cfg.data.sources or cfg.data.val_sources):
+        raise ConfigError("data.sources: only used with data.kind: mixed")
+    if cfg.data.stereo and cfg.loss.depth_normalization:
+        raise ConfigError("data.stereo: the stereo context warps with metric depth; set loss.depth_normalization: false")
+    if cfg.data.depth_hints and not cfg.data.stereo:
+        raise ConfigError("data.depth_hints: hints come from the stereo pair; set data.stereo: true")
+    if cfg.loss.depth_hint_weight > 0 and not cfg.data.depth_hints:
+        raise ConfigError("loss.depth_hint_weight: needs data.depth_hints: true")
+    if cfg.data.depth_hints and not cfg.loss.upsample_scales:
+        raise ConfigError("data.depth_hints: hints are compared at the input resolution; set loss.upsample_scales: true")
+    if cfg.train.cache_semantics and (not cfg.model.guidance or cfg.model.semantic.finetune
+                                      or cfg.loss.segdepth_weight > 0):
+        raise ConfigError("train.cache_semantics: needs model.guidance with a frozen semantic net "
+                          "(not model.semantic.finetune) and no SegDepth loss (it needs the logits)")
     if cfg.model.guidance and not cfg.model.semantic.enabled:
         raise ConfigError("model.guidance: requires model.semantic.enabled: true")
     if cfg.loss.segdepth_weight > 0 and not cfg.model.semantic.enabled:

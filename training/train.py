@@ -252,6 +252,17 @@ def build_datasets(cfg: Config, rank: int, world: int):
                 for s in cfg.data.synthetic.val_seeds]
         return train, (ConcatDataset(vals) if vals else None)
 
+    if cfg.data.kind == "mixed":
+        if rank == 0:  # synthetic drives are generated once, by rank 0, before every process indexes them
+            for group in (cfg.data.sources, cfg.data.val_sources):
+                for src in group:
+                    if src.kind == "synthetic":
+                        for seed in src.seeds:
+                            synthetic_drive_root(cfg, seed)
+        if world > 1:
+            dist.barrier()
+        return build_mixed_datasets(cfg, verbose=rank == 0)
+
     if not cfg.data.root:
         raise ConfigError("data.root: required for data.kind: kitti")
     root = resolve_path(cfg.data.root)
@@ -260,6 +271,77 @@ def build_datasets(cfg: Config, rank: int, world: int):
     if cfg.data.val_split:
         val_root = resolve_path(cfg.data.val_root) if cfg.data.val_root else root
         val = make_kitti_dataset(cfg, val_root, cfg.data.val_split, training=False, with_gt=True)
+    return train, val
+
+
+def _source_dataset(cfg: Config, src, key: str, training: bool, hints):
+    """One data.sources entry -> a FrameDataset (training: with context, stereo and hints; validation: GT)."""
+    from semdepth_core.data.dataset import FrameDataset, KittiDataset, OdometryDataset
+    from semdepth_core.data.splits import read_split_file, refs_for_root
+
+    d = cfg.data
+    common = dict(height=d.height, width=d.width, context=list(d.context) if training else [],
+                  augment=d.augment if training else None, training=training,
+                  stereo=d.stereo and training, hints=hints if training else None, cache_images=d.cache_images)
+    try:
+        if src.kind == "odometry":
+            if not training:
+                raise ConfigError(f"{key}.kind: KITTI odometry has no depth ground truth to validate on")
+            return OdometryDataset(resolve_path(src.root), src.sequences or None, src.cams or [0],
+                                   frame_rate=src.frame_rate, **common)
+        cams = src.cams or [2]
+        roots = ([resolve_path(src.root)] if src.kind == "kitti"
+                 else [synthetic_drive_root(cfg, seed) for seed in src.seeds])
+        parts = []
+        for root in roots:
+            if src.split:  # the split's own cameras
+                refs = read_split_file(resolve_path(src.split))
+            else:  # every frame of each target camera that has its context frames
+                refs = sorted((r for c in cams for r in refs_for_root(root, tuple(common["context"]), cam=c)),
+                              key=lambda r: (r.date, r.drive, r.frame, r.cam))
+            if src.drives:
+                refs = [r for r in refs if r.drive in src.drives]
+            refs = [r for r in refs if r.drive not in src.exclude_drives]
+            if not refs:
+                raise ConfigError(f"{key}: no frames under {root} (drives {src.drives or 'all'}, "
+                                  f"excluded {src.exclude_drives})")
+            parts.append(KittiDataset(root, refs=refs, with_gt=not training, gt_source=src.gt_source, **common))
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    except (OSError, ValueError) as exc:  # KittiFormatError is a ValueError
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{key}: cannot build the dataset: {exc}") from exc
+
+
+def build_mixed_datasets(cfg: Config, verbose: bool = True):
+    """data.kind mixed: the training sources (each repeated `repeat` times) and the validation sources.
+
+    Prints (when verbose) what each source contributes and every counted skip with its reason."""
+    hints = None
+    if cfg.data.depth_hints:
+        from semdepth_core.data.stereo_hints import StereoHints
+
+        h = cfg.data.hints
+        hints = StereoHints(h.num_disparities, h.block_size, resolve_path(h.cache_dir) if h.cache_dir else None)
+    train_parts, val_parts, report = [], [], []
+    for group, parts, training in (("sources", train_parts, True), ("val_sources", val_parts, False)):
+        for i, src in enumerate(getattr(cfg.data, group)):
+            ds = _source_dataset(cfg, src, f"data.{group}[{i}]", training, hints)
+            parts.extend([ds] * (src.repeat if training else 1))
+            report.append((f"{'train' if training else 'val'} {src.kind} {src.root or src.seeds}", ds,
+                           src.repeat if training else 1))
+    if verbose:
+        for what, ds, repeat in report:
+            skipped: dict[str, int] = {}
+            for p in (ds.datasets if isinstance(ds, ConcatDataset) else [ds]):
+                for reason, n in p.skipped.items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+            line = f"data: {what}: {len(ds)} samples" + (f" (x{repeat} per epoch)" if repeat > 1 else "")
+            if skipped:
+                line += "; skipped " + ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
+            print(line)
+    train = train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)
+    val = (val_parts[0] if len(val_parts) == 1 else ConcatDataset(val_parts)) if val_parts else None
     return train, val
 
 
@@ -275,6 +357,36 @@ def resolved_model_config(cfg: Config):
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+class SemanticCache:
+    """The frozen semantic net's guidance features of each training image, computed once (train.cache_semantics).
+
+    Keyed by the item's (filename, cam); computed on the un-jittered, unflipped image and stored in fp16;
+    a flipped item gets them mirrored. Logits are not kept (SegDepth, which needs them, is refused)."""
+
+    def __init__(self, depth_model):
+        self.model = depth_model
+        self.store: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, batch: dict):
+        from semdepth_core.nets.semantic import SemanticOutput
+
+        rgb = batch["rgb"]  # [B,3,H,W] un-jittered, flipped where batch["flipped"]
+        flipped = batch["flipped"].tolist()
+        keys = [(name, int(cam)) for name, cam in zip(batch["filename"], batch["cam"].tolist())]
+        todo = [b for b, k in enumerate(keys) if k not in self.store]
+        if todo:
+            x = torch.stack([rgb[b].flip(-1) if flipped[b] else rgb[b] for b in todo])
+            out = self.model.run_semantic(x)
+            for i, b in enumerate(todo):
+                self.store[keys[b]] = [f[i].to(torch.float16) for f in out.features]
+        feats = []
+        for level in range(len(self.store[keys[0]])):
+            maps = [self.store[k][level].to(rgb.dtype) for k in keys]
+            feats.append(torch.stack([m.flip(-1) if flipped[b] else m for b, m in enumerate(maps)]))
+        return SemanticOutput(None, feats)
 
 
 # ============================================================================ trainer
@@ -298,6 +410,7 @@ class Trainer:
         self.depth_model.to(device)
         self.pose_net.to(device)
         self.loss_fn = SfmLoss(cfg.loss, (cfg.model.min_depth, cfg.model.max_depth))
+        self.semantic_cache = SemanticCache(self.depth_model) if cfg.train.cache_semantics else None
         # SegDepth variant: a training-only U-Net on the full-resolution disparity (never exported)
         self.seg_head = None
         if cfg.loss.segdepth_weight > 0:
@@ -445,7 +558,8 @@ class Trainer:
         batch = to_device(batch, self.device)
         rgb_aug = batch["rgb_aug"]  # [B,3,H,W]
         ctx_aug = batch["rgb_context_aug"]  # [B,N,3,H,W]
-        outputs = self.depth_ddp(rgb_aug)
+        semantic = self.semantic_cache(batch) if self.semantic_cache is not None else None
+        outputs = self.depth_ddp(rgb_aug, semantic) if semantic is not None else self.depth_ddp(rgb_aug)
         pose_vecs = self.pose_ddp(rgb_aug, [ctx_aug[:, j] for j in range(ctx_aug.shape[1])])  # [B,N,6]
         lc = self.cfg.loss
         warming_up = lc.velocity_weight > 0 and self.global_step < lc.velocity_warmup_steps

@@ -9,6 +9,7 @@ from semdepth_core.config import LossConfig
 from semdepth_core.geometry.camera import resize_intrinsics
 from semdepth_core.geometry.se3 import pose_vec_to_mat
 from semdepth_core.geometry.warp import view_synthesis
+from semdepth_core.losses.depth_hints import depth_hint_loss, hint_reprojection_loss
 from semdepth_core.losses.photometric import photometric_loss
 from semdepth_core.losses.reprojection import identity_reprojection_loss, min_reprojection_loss
 from semdepth_core.losses.scale import depth_scale_loss, velocity_mean_inv_depth
@@ -33,7 +34,14 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class SfmLoss(nn.Module):
-    """Eq. 1: L = L_p (Eq. 2, min reprojection + auto-mask) + lambda_1 * L_s (Eq. 3), averaged over scales."""
+    """Eq. 1: L = L_p (Eq. 2, min reprojection + auto-mask) + lambda_1 * L_s (Eq. 3), averaged over scales.
+
+    With a stereo image in the batch (`rgb_stereo`, `T_stereo` = the calibrated T_other_target) it is one
+    more context with a known pose (Monodepth2's "MS"): its warp uses the metric depth, so it fixes the
+    scale and cannot be combined with mean-normalised (scale-free) warping. With `depth_hint` in the batch
+    and `loss.depth_hint_weight > 0`, Depth Hints add log(1+|D - D_hint|) where the hint explains the stereo
+    image better than the prediction (losses/depth_hints.py).
+    """
 
     MIN_TRAVEL_M = 0.05  # velocity-set depth scale: skip samples that barely moved (no scale information)
 
@@ -73,8 +81,21 @@ class SfmLoss(nn.Module):
         normalize = cfg.depth_normalization if scale_free is None else bool(scale_free)
         K = K.to(target.dtype)
         T_ctx_tgt = pose_vec_to_mat(pose_vecs.reshape(B * N, 6)).reshape(B, N, 4, 4)
+        stereo = "rgb_stereo" in batch
+        if stereo:  # the stereo image is one more context, with its calibrated pose
+            if normalize:
+                raise ValueError("SfmLoss: a stereo context needs metric (not mean-normalised) depth; "
+                                 "set loss.depth_normalization: false with data.stereo")
+            contexts = torch.cat([contexts, batch["rgb_stereo"][:, None]], 1)  # [B,N+1,3,H,W]
+            T_ctx_tgt = torch.cat([T_ctx_tgt, batch["T_stereo"].to(T_ctx_tgt)[:, None]], 1)  # [B,N+1,4,4]
+            N += 1
+        hints = cfg.depth_hint_weight > 0 and "depth_hint" in batch
+        if hints and not stereo:
+            raise ValueError("SfmLoss: depth hints need the stereo image (data.stereo: true)")
+        if hints and not cfg.upsample_scales:
+            raise ValueError("SfmLoss: depth hints are compared at the input resolution; set loss.upsample_scales: true")
 
-        photo_terms, smooth_terms, masked_fractions = [], [], []
+        photo_terms, smooth_terms, masked_fractions, hint_terms = [], [], [], []
         if cfg.upsample_scales:
             # Monodepth2: every scale's inverse depth is upsampled and warps at full resolution, so
             # all S scales x N contexts are warped and compared in one batched call each, and the
@@ -93,12 +114,18 @@ class SfmLoss(nn.Module):
             reproj = reproj.reshape(N, S, B, H, W).permute(1, 2, 0, 3, 4)  # [S,B,N,H,W]
             ctx_list = [contexts[:, j] for j in range(N)]
             identity = identity_reprojection_loss(target, ctx_list, cfg.ssim_alpha) if cfg.automask else None
+            if hints:
+                hint_loss = hint_reprojection_loss(target, batch["rgb_stereo"], batch["depth_hint"],
+                                                   batch["T_stereo"].to(target), K, cfg.ssim_alpha)  # [B,1,H,W]
             for s in range(S):
                 loss_map, mask = min_reprojection_loss(
                     target, [], None, automask=cfg.automask, min_reprojection=cfg.min_reprojection,
                     alpha=cfg.ssim_alpha, identity_loss=identity, reprojection=reproj[s])
                 photo_terms.append(loss_map.mean())
                 masked_fractions.append(1.0 - mask.float().mean())
+                if hints:
+                    pred_depth = 1.0 / inv_full[s * B:(s + 1) * B].clamp(min=1e-6)  # [B,1,H,W] metric
+                    hint_terms.append(depth_hint_loss(pred_depth, batch["depth_hint"], loss_map, hint_loss))
         else:
             for s in range(num_scales):
                 h, w = inv_depths[s].shape[-2:]
@@ -126,6 +153,9 @@ class SfmLoss(nn.Module):
         total = photometric + cfg.smoothness_weight * smoothness
 
         zero = torch.zeros((), dtype=total.dtype, device=total.device)
+        hint = torch.stack(hint_terms).mean() if hint_terms else zero
+        if hint_terms:
+            total = total + cfg.depth_hint_weight * hint
         velocity, anchor = zero, zero
         has_speed = velocity_active and cfg.velocity_weight > 0 and "speed" in batch and "dt" in batch
         if has_speed and not normalize:  # metric pose: the blog's velocity term on ||t||
@@ -153,6 +183,7 @@ class SfmLoss(nn.Module):
             "smoothness": smoothness,
             "velocity": velocity,
             "scale_anchor": anchor,
+            "depth_hint": hint,
             # fraction of pixels whose identity loss won (masked as static), averaged over scales
             "automask_fraction": torch.stack(masked_fractions).mean().detach(),
         }

@@ -133,9 +133,11 @@ class DepthModel(nn.Module):
         logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
         return type(out)(logits, feats)
 
-    def forward(self, rgb01: torch.Tensor) -> dict[str, object]:
+    def forward(self, rgb01: torch.Tensor, semantic=None) -> dict[str, object]:
+        """semantic: the frozen semantic net's output for this batch when already known (training's
+        feature cache, `training.train.SemanticCache`); its logits may be None."""
         check_rgb_input(rgb01, f"DepthModel({self.depth_net_name})")
-        sem = self.run_semantic(rgb01)
+        sem = self.run_semantic(rgb01) if semantic is None else semantic
         guidance = None
         if self.guidance_channels:
             strides = list(self.semantic.feature_strides)
