@@ -28,8 +28,11 @@ replaces an unprocessed one and counts as dropped), and a worker thread runs inf
 latest image, so a slow model never builds a queue and latency stays one frame. Inference is
 skipped while nothing subscribes to any output.
 
-Metric scale (`scale.mode`): `none` (model units), `model` (trust a velocity-supervised,
-metric checkpoint), `fixed` (multiply by `scale.value`), `odometry` (pose network between
+Metric scale (`scale.mode`): `none` (model units), `model` (a metric checkpoint's own depth, with a
+live check: every `scale.check_period` s the ground plane fitted to the published depth implies a
+camera height, compared with `scale.camera_height` over a rolling window; /diagnostics reports the
+implied height and a confidence from that evidence, and goes WARN when the two differ by more than
+the factor `scale.check_factor`), `fixed` (multiply by `scale.value`), `odometry` (pose network between
 consecutive processed frames: scale = |v| dt / |t_hat| with |v| from nav_msgs/Odometry twist
 (mean of the samples nearest to both frame stamps),
 robust rolling median with outlier rejection, held while |v| < `scale.min_speed`; until the
@@ -117,14 +120,16 @@ def _labels(v):
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", True, "configure and activate at start-up (else wait for lifecycle transitions)",
               read_only=True),
-    ParamSpec("checkpoint", "", "semdepth checkpoint (.pt) to load at configure time", read_only=True),
+    ParamSpec("checkpoint", "", "semdepth checkpoint (.ckpt) to load at configure time", read_only=True),
     ParamSpec("backend", "auto", f"inference backend {list(BACKENDS)}", _in(BACKENDS), read_only=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N",
               lambda v: None if v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit())
               else f"must be cpu, cuda or cuda:N, got {v!r}", read_only=True),
     ParamSpec("num_threads", 0, "torch CPU threads (0 = library default)", _non_negative, read_only=True),
-    ParamSpec("input_height", 0, "network input height (0 = the checkpoint's)", _net_size, read_only=True),
-    ParamSpec("input_width", 0, "network input width (0 = the checkpoint's)", _net_size, read_only=True),
+    ParamSpec("input_height", 0, "network input height (0 with input_width 0: the camera's aspect ratio at "
+              "the checkpoint's pixel budget)", _net_size, read_only=True),
+    ParamSpec("input_width", 0, "network input width (set both for a fixed size, multiples of 32)", _net_size,
+              read_only=True),
     ParamSpec("depth_encoding", "32FC1", "depth image encoding: 32FC1 (m, NaN invalid) or 16UC1 (mm, 0 invalid)",
               _in(DEPTH_ENCODINGS)),
     ParamSpec("points.stride", 2, "keep every n-th pixel row/column in the point cloud",
@@ -143,7 +148,14 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("scale.odom_timeout", 0.5, "odometry scale: max |odom stamp - image stamp| (s)", _positive),
     ParamSpec("scale.max_frame_gap", 1.0, "odometry scale: ignore frame pairs further apart than this (s)",
               _positive),
-    ParamSpec("scale.camera_height", 1.65, "camera_height scale: camera height above the ground (m)", _positive),
+    ParamSpec("scale.camera_height", 1.65, "camera_height scale and the model-scale check: camera height above "
+              "the ground (m)", _positive),
+    ParamSpec("scale.check_factor", 1.5, "model scale: WARN when the camera height implied by the ground plane "
+              "of the published depth differs from scale.camera_height by more than this factor",
+              lambda v: None if isinstance(v, (int, float)) and math.isfinite(v) and 1.0 < v <= 100.0
+              else f"must be in (1, 100], got {v!r}"),
+    ParamSpec("scale.check_period", 1.0, "model scale: seconds between two ground-plane checks (0 = every "
+              "frame); each costs one RANSAC fit", _non_negative),
     ParamSpec("ground_check.enabled", False, "count pixels predicted below the ground plane (infinite-depth "
               "holes, paper §4.3) on every processed frame and report them on /diagnostics"),
     ParamSpec("ground_check.margin", 0.5, "ground check: a pixel counts when more than this below the ground (m)",
@@ -304,6 +316,7 @@ def _make_node_class():
         CameraHeightScaleEstimator,
         HoleCheck,
         HoleCheckStats,
+        ModelScaleCheck,
         infinite_depth_check,
     )
     from semdepth_core.infer.processing import inv_depth_to_depth
@@ -342,6 +355,7 @@ def _make_node_class():
             self._prev = None  # (rgb, stamp_ns) for the odometry scale
             self._scale_est = None
             self._height_est = None  # CameraHeightScaleEstimator for scale.mode camera_height
+            self._model_check = None  # ModelScaleCheck for scale.mode model
             self._ground_stats = HoleCheckStats()
             self._scale_value = 1.0
             self._scale_known = True
@@ -365,7 +379,7 @@ def _make_node_class():
                     return SetParametersResult(successful=False, reason=reason)
             changed = {prm.name for prm in params}
             if changed & {"scale.mode", "scale.window", "scale.min_speed", "scale.outlier_ratio",
-                          "scale.camera_height"}:
+                          "scale.camera_height", "scale.check_factor", "scale.check_period"}:
                 self._scale_reset_pending = True
                 new_mode = next((prm.value for prm in params if prm.name == "scale.mode"), self.p("scale.mode"))
                 self._scale_known = new_mode not in ESTIMATED_SCALE_MODES  # the reset drops the estimate
@@ -526,11 +540,17 @@ def _make_node_class():
             t2 = time.perf_counter()
             ground_check = self.p("ground_check.enabled")
             depth_net = K_net = None
-            if ground_check or self.p("scale.mode") == "camera_height":
+            mode = self.p("scale.mode")
+            if self._scale_reset_pending:  # a scale parameter changed: new estimators before this frame
+                self._reset_scale()
+            model_check = mode == "model" and self._model_check is not None and self._model_check.due(time.monotonic())
+            if ground_check or mode == "camera_height" or model_check:
                 # the ground plane is fitted at the network resolution, clamped like the published depth
                 depth_net = inv_depth_to_depth(pred.inv_depth, self.predictor.min_depth, self.predictor.max_depth)
                 K_net = self._network_K(depth_net.shape[1], depth_net.shape[0])
             scale = self._update_scale(rgb, stamp_ns(msg.header), depth_net, K_net)
+            if model_check and K_net is not None:
+                self._check_model_scale(depth_net, K_net)
             depth = pred.depth if scale == 1.0 else pred.depth * np.float32(scale)
             t3 = time.perf_counter()
             if ground_check:
@@ -642,6 +662,20 @@ def _make_node_class():
                               f"{self.p('ground_check.margin'):g} m + "
                               f"{self.p('ground_check.margin_slope'):g} x depth margin)")
 
+        def _check_model_scale(self, depth_net, K_net) -> None:
+            """scale.mode model: feed the live camera-height check (never raises: a failure is logged)."""
+            chk = self._model_check
+            try:
+                chk.add(depth_net, K_net, time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - the check must never cost a frame
+                self.err_log("scale_check", f"model-scale check failed: {type(exc).__name__}: {exc}")
+                return
+            if chk.agrees is False:
+                self.warn_log("scale_check", f"model scale disagrees with the camera height: the ground plane of the "
+                              f"published depth puts the camera {chk.implied_camera_height:.2f} m above the road, "
+                              f"scale.camera_height is {chk.camera_height:.2f} m (more than a factor "
+                              f"{chk.factor:g} apart); the checkpoint's depth is not metric on this camera")
+
         def _known_metric_scale(self, scale: float) -> float | None:
             """Metres per published-depth unit when known (ground check margin), else None."""
             mode = self.p("scale.mode")
@@ -661,6 +695,9 @@ def _make_node_class():
                                              outlier_ratio=self.p("scale.outlier_ratio"))
             self._height_est = CameraHeightScaleEstimator(camera_height=self.p("scale.camera_height"),
                                                           window=self.p("scale.window"))
+            self._model_check = ModelScaleCheck(camera_height=self.p("scale.camera_height"),
+                                                factor=self.p("scale.check_factor"), window=self.p("scale.window"),
+                                                period_s=self.p("scale.check_period"))
             self._prev = None
             self._scale_reset_pending = False
 
@@ -728,8 +765,10 @@ def _make_node_class():
                 return float(self._scale_est.confidence) if self._scale_est is not None else 0.0
             if mode == "camera_height":
                 return float(self._height_est.confidence) if self._height_est is not None else 0.0
-            if mode == "model":
-                return 1.0 if (self.predictor is not None and self.predictor.is_metric) else 0.0
+            if mode == "model":  # evidence from the live camera-height check, 0 without any
+                if self.predictor is None or not self.predictor.is_metric or self._model_check is None:
+                    return 0.0
+                return float(self._model_check.confidence)
             return 1.0 if (self.predictor is not None and self.predictor.is_metric) else 0.0
 
         # -------------------------------------------------------------------- diagnostics
@@ -739,6 +778,11 @@ def _make_node_class():
             st.hardware_id = str(self.p("checkpoint"))
             recent_err = self.err_log.recent(max(2.0, 2 * self.p("diagnostics_period")))
             recent_warn = self.warn_log.recent(max(2.0, 2 * self.p("diagnostics_period")))
+            mc = self._model_check
+            if self.p("scale.mode") == "model" and mc is not None and mc.agrees is False:
+                # a state, not an event: WARN for as long as the window disagrees, whatever the check period
+                recent_warn.setdefault("scale_check", self.warn_log.last_message.get(
+                    "scale_check", "model scale disagrees with the camera height"))
             if self.load_error or self.param_error:
                 st.level, st.message = DiagnosticStatus.ERROR, self.load_error or f"invalid parameters: {self.param_error}"
             elif self._state != "active":
@@ -785,6 +829,14 @@ def _make_node_class():
                 vals["scale.samples"] = he.num_samples
                 vals["scale.last_ratio"] = f"{he.last_ratio or 0.0:.6g}"  # the last frame's own scale (0: no fit)
                 vals["scale.no_ground_fit"] = he.no_fit
+            if self._model_check is not None and self.p("scale.mode") == "model":
+                mc = self._model_check
+                vals["scale.check.frames"] = mc.frames_checked
+                vals["scale.check.ground_fits"] = mc.estimator.num_samples
+                h = mc.implied_camera_height
+                vals["scale.check.implied_camera_height"] = "none" if h is None else f"{h:.3f}"
+                vals["scale.check.camera_height"] = f"{mc.camera_height:.3f}"
+                vals["scale.check.agrees"] = "unknown" if mc.agrees is None else str(mc.agrees)
             if self.p("ground_check.enabled"):
                 gs = self._ground_stats
                 vals["ground_check.frames_checked"] = gs.checked

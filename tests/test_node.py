@@ -687,3 +687,59 @@ def test_replay_evaluate_scores_node_output_on_real_kitti(tmp_path, checkpoint, 
         nodep.send_signal(signal.SIGINT)
         nodep.wait(timeout=20)
         log.close()
+
+
+@pytest.mark.ros
+def test_model_scale_is_checked_against_the_camera_height(tmp_path, kitti_frames, probe):
+    """scale.mode model: /diagnostics carries the camera height the published depth implies, a confidence
+    from that evidence (0 before any), and goes WARN when it is off from scale.camera_height by more than
+    scale.check_factor."""
+    from conftest import TINY_NODE_MODEL, write_test_checkpoint
+    from semdepth_core.infer import load_predictor
+    from semdepth_core.infer.ground import frame_camera_height_scale
+    from semdepth_core.infer.processing import inv_depth_to_depth
+
+    metric = {**TINY_NODE_MODEL, "loss": {"velocity_weight": 0.1}}  # a checkpoint that claims metric depth
+    ckpt = write_test_checkpoint(tmp_path / "metric.ckpt", metric)
+    frames, K = kitti_frames
+    rgb = frames[0]
+    H, W = rgb.shape[:2]
+    pred = load_predictor(ckpt, backend="torch")
+    assert pred.is_metric
+    raw = pred.predict(rgb)
+    d_net = inv_depth_to_depth(raw.inv_depth, pred.min_depth, pred.max_depth)
+    s = frame_camera_height_scale(d_net, C.scale_K(K, (W, H), (d_net.shape[1], d_net.shape[0])), 1.0)
+    assert s is not None  # premise: the random network's depth has a ground fit
+    implied = 1.0 / s  # the camera height this depth implies
+    node = NodeProcess(tmp_path, ckpt, ["-p", "scale.mode:=model", "-p", f"scale.camera_height:={implied}",
+                                        "-p", "scale.window:=1", "-p", "scale.check_period:=0.0",
+                                        "-p", "error_log_period:=60.0"] + _reliable_overrides("depth"))
+    try:
+        _wait_serving(probe, node)
+        probe.send(rgb, 20)  # no CameraInfo: no evidence yet, so no confidence
+        np.testing.assert_allclose(C.image_msg_to_array(probe.wait_output(20)), raw.depth, rtol=2e-3)
+        probe.spin_until(lambda: probe.got["diag"] and probe.diag().get("scale.check.frames") == "0", 10, "diagnostics")
+        d = probe.diag()
+        assert d["scale.known"] == "True" and d["scale.confidence"] == "0.000"
+        assert d["scale.check.implied_camera_height"] == "none" and d["scale.check.agrees"] == "unknown"
+        probe.send(rgb, 21, K)  # agrees: the configured height is the implied one
+        probe.wait_output(21)
+        probe.spin_until(lambda: probe.diag().get("scale.check.ground_fits") == "1", 10, "a checked frame")
+        d = probe.diag()
+        assert float(d["scale.check.implied_camera_height"]) == pytest.approx(implied, rel=2e-3)
+        assert d["scale.check.agrees"] == "True" and float(d["scale.confidence"]) > 0.99
+        # OK once the first frame's "no CameraInfo" warning has aged out
+        probe.spin_until(lambda: probe.diag()["_level"] == b"\x00", 10, "OK diagnostics")
+        # the same depth against a camera 3x higher: the model's scale is refuted
+        assert probe.set_params(**{"scale__camera_height": 3.0 * implied})[0].successful
+        probe.send(rgb, 22, K)
+        probe.wait_output(22)
+        probe.spin_until(lambda: probe.diag().get("scale.check.agrees") == "False", 10, "the disagreement")
+        d = probe.diag()
+        assert d["scale.confidence"] == "0.000" and d["_level"] == b"\x01"
+        assert "model scale disagrees with the camera height" in d["_message"]
+        res = probe.set_params(**{"scale__check_factor": 1.0})
+        assert not res[0].successful and "scale.check_factor: must be in (1, 100]" in res[0].reason
+    finally:
+        rc = node.stop(signal.SIGINT)
+    assert rc == 0 and "Traceback" not in node.log()

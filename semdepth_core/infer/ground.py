@@ -12,6 +12,8 @@ infinite-depth hole check.
   metres below it; the frame is *flagged* when the count exceeds `max_below_pixels`. A frame
   without a ground fit is *unchecked* (never an exception).
 * `HoleCheckStats`: running counters of those results (what depth_node reports on /diagnostics).
+* `ModelScaleCheck`: the camera height a metric checkpoint's depth implies, against the known one
+  (depth_node's evidence for `scale.mode: model`).
 
 Pure numpy on top of `semdepth_core.geometry.ground_plane`; no ROS, no torch.
 """
@@ -91,6 +93,65 @@ class CameraHeightScaleEstimator(ScaleEstimator):
     def add_depth(self, depth, K) -> float | None:
         """Scale of one depth map [h,w] (model units) with K at [h,w]; returns the smoothed `value`."""
         return self.add_scale(frame_camera_height_scale(depth, K, self.camera_height, self.row_fraction))
+
+
+class ModelScaleCheck:
+    """Live evidence for a metric checkpoint's scale (`scale.mode: model`): the camera height its depth implies.
+
+    Every `period_s` seconds (`due(now)`), `add(depth, K, now)` fits the ground plane to the metric depth
+    [h,w] (K at [h,w]); the frame's camera-height scale s puts that plane `camera_height` metres below the
+    camera, so the depth implies a camera height of camera_height / s. A rolling median over `window`
+    checked frames (`CameraHeightScaleEstimator`) gives `ratio` = configured / implied height (1 = agrees).
+
+    * `implied_camera_height`: camera_height / ratio (None before the first ground fit);
+    * `agrees`: |log ratio| <= log(factor) (None before any evidence);
+    * `confidence` in [0, 1]: 0 without evidence; else the window's own confidence (fill and spread) times
+      the agreement max(0, 1 - |log ratio| / log(factor)), so 0 at (and beyond) a disagreement by `factor`.
+    """
+
+    def __init__(self, camera_height: float = DEFAULT_CAMERA_HEIGHT, factor: float = 1.5, window: int = 30,
+                 period_s: float = 1.0, row_fraction: float = DEFAULT_ROW_FRACTION):
+        self.camera_height = _check_positive("camera_height", camera_height)
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1.0):
+            raise ValueError(f"factor must be a finite number > 1, got {factor!r}")
+        if not (isinstance(period_s, (int, float)) and math.isfinite(period_s) and period_s >= 0):
+            raise ValueError(f"period_s must be a finite number >= 0, got {period_s!r}")
+        self.factor = float(factor)
+        self.period_s = float(period_s)
+        self.estimator = CameraHeightScaleEstimator(camera_height, window, row_fraction)
+        self.frames_checked = 0
+        self._last: float | None = None
+
+    def due(self, now: float) -> bool:
+        """True when a frame processed at monotonic time `now` (s) should be checked."""
+        return self._last is None or now - self._last >= self.period_s
+
+    def add(self, depth, K, now: float) -> None:
+        self._last = now
+        self.frames_checked += 1
+        self.estimator.add_depth(depth, K)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.estimator.value
+
+    @property
+    def implied_camera_height(self) -> float | None:
+        r = self.ratio
+        return None if r is None else self.camera_height / r
+
+    @property
+    def agrees(self) -> bool | None:
+        r = self.ratio
+        return None if r is None else abs(math.log(r)) <= math.log(self.factor)
+
+    @property
+    def confidence(self) -> float:
+        r = self.ratio
+        if r is None:
+            return 0.0
+        agreement = max(0.0, 1.0 - abs(math.log(r)) / math.log(self.factor))
+        return float(self.estimator.confidence * agreement)
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,42 @@ class Runner(Protocol):
 
 
 class Predictor:
-    """Depth (+ semantics, + relative pose) for uint8 RGB frames through one backend runner."""
+    """Depth (+ semantics, + relative pose) for uint8 RGB frames through one backend runner.
 
-    def __init__(self, runner: Runner, config: Config, net_size: tuple[int, int], checkpoint: Path | None = None):
+    Network input size: fixed (`net_size`), or with a `runner_factory` chosen per image size by
+    `processing.network_size_for` at the pixel budget of `net_size` (the camera's own aspect ratio;
+    `runner_factory(size)` builds the runner of a size not seen yet, e.g. an ONNX export for it).
+    """
+
+    def __init__(self, runner: Runner, config: Config, net_size: tuple[int, int], checkpoint: Path | None = None,
+                 runner_factory=None):
         self._runner = runner
         self.config = config
         self._w, self._h = net_size
+        self._default_size = (int(net_size[0]), int(net_size[1]))
         self.checkpoint = checkpoint
+        self._factory = runner_factory
+        self._runners: dict[tuple[int, int], Runner] = {self._default_size: runner}
+
+    @property
+    def size_policy(self) -> str:
+        """"aspect" (per-image size at the checkpoint's pixel budget) or "fixed"."""
+        return "aspect" if self._factory is not None else "fixed"
+
+    def net_size_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Network input (w, h) used for an image of image_size=(W, H)."""
+        if self._factory is None:
+            return self._default_size
+        return processing.network_size_for(image_size, self._default_size[0] * self._default_size[1])
+
+    def _runner_for(self, image_size: tuple[int, int]) -> Runner:
+        size = self.net_size_for(image_size)
+        runner = self._runners.get(size)
+        if runner is None:
+            runner = self._runners[size] = self._factory(size)
+        self._runner = runner
+        self._w, self._h = size
+        return runner
 
     # ------------------------------------------------------------- properties
     @property
@@ -67,7 +96,8 @@ class Predictor:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """Network input size as (width, height) (the cv2 / resize_intrinsics order)."""
+        """Network input size as (width, height) (the cv2 / resize_intrinsics order) of the latest image
+        (before any: the checkpoint's, or the fixed size)."""
         return self._w, self._h
 
     @property
@@ -93,15 +123,17 @@ class Predictor:
 
     def network_intrinsics(self, K: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """Intrinsics for the network input, given K of an image of image_size=(W, H)."""
-        return processing.network_intrinsics(K, image_size, self.input_size)
+        return processing.network_intrinsics(K, image_size, self.net_size_for(image_size))
 
     # ---------------------------------------------------------------- predict
     def predict(self, rgb: np.ndarray) -> Prediction:
         """HxWx3 uint8 RGB -> Prediction (depth and labels at the input resolution)."""
         t0 = time.perf_counter()
+        processing.check_rgb(rgb)
+        runner = self._runner_for((rgb.shape[1], rgb.shape[0]))
         x = processing.preprocess(rgb, self.input_size)
         t1 = time.perf_counter()
-        inv, labels = self._runner.run_depth(x)
+        inv, labels = runner.run_depth(x)
         t2 = time.perf_counter()
         H, W = rgb.shape[:2]
         inv, depth, lab = processing.postprocess(inv, labels, (W, H), self.min_depth, self.max_depth)
@@ -144,13 +176,15 @@ class Predictor:
             raise RuntimeError(f"{self.checkpoint}: the checkpoint has no pose network; relative_pose is unavailable")
         if prev_rgb.shape != rgb.shape:
             raise ValueError(f"prev_rgb {prev_rgb.shape} and rgb {rgb.shape} must have the same shape")
+        processing.check_rgb(rgb)
+        runner = self._runner_for((rgb.shape[1], rgb.shape[0]))
         cur = processing.preprocess(rgb, self.input_size)
         prev = processing.preprocess(prev_rgb, self.input_size)
         slot, reverse = self.pose_slots()
         tgt, other = (prev, cur) if reverse else (cur, prev)
-        ctxs = [tgt] * self._runner.num_context
+        ctxs = [tgt] * runner.num_context
         ctxs[slot] = other
-        vecs = np.asarray(self._runner.run_pose(tgt, ctxs), np.float64).reshape(-1, 6)
+        vecs = np.asarray(runner.run_pose(tgt, ctxs), np.float64).reshape(-1, 6)
         if vecs.shape[0] != len(ctxs):
             raise RuntimeError(f"pose backend returned {vecs.shape[0]} poses for {len(ctxs)} context frames")
         T = pose_vec_to_mat_np(vecs[slot])
@@ -159,12 +193,13 @@ class Predictor:
         return invert_se3_np(T) if reverse else T
 
     def close(self) -> None:
-        close = getattr(self._runner, "close", None)
-        if close is not None:
-            close()
+        for runner in self._runners.values():
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()
 
     def __repr__(self) -> str:
-        return (f"Predictor(backend={self.backend_name!r}, input_size={self.input_size}, "
+        return (f"Predictor(backend={self.backend_name!r}, input_size={self.input_size} ({self.size_policy}), "
                 f"metric={self.is_metric}, semantics={self.has_semantics}, pose={self.has_pose})")
 
 
@@ -230,9 +265,12 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
                    precision: str = "fp32") -> Predictor:
     """Build a Predictor for `checkpoint` on `backend`.
 
-    height/width: network input size (default: the checkpoint config's data.height/width; must be
-    multiples of 32). onnx_path: for onnxruntime/tensorrt, an exported depth graph to use (its pose
-    graph is expected beside it as `<stem>.pose.onnx`); when None the graphs are exported into a
+    height/width: a fixed network input size (multiples of 32). Without them the size follows each
+    image's aspect ratio at the checkpoint's pixel budget (data.height * data.width; see
+    `processing.network_size_for`): a KITTI-shaped camera runs at the training shape, any other camera
+    at its own shape instead of being squashed (ONNX Runtime / TensorRT build one graph per size, cached).
+    onnx_path: for onnxruntime/tensorrt, an exported depth graph to use (its pose graph is expected
+    beside it as `<stem>.pose.onnx`; its size is then fixed); when None the graphs are exported into a
     cache (engine_cache_dir, or $SEMDEPTH_CACHE, or ~/.cache/semdepth) keyed by the checkpoint hash.
     engine_cache_dir: also where TensorRT engines are cached (engines prebuilt with
     `python -m semdepth_core.export tensorrt --build-only --onnx G --cache-dir D` are reused when
@@ -248,6 +286,7 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
     name = resolve_backend(backend, device)
     models = load_models(checkpoint, "cpu" if name != "torch" else device)
     cfg = models.config
+    fixed = height is not None or width is not None or onnx_path is not None
     h = height if height is not None else cfg.data.height
     w = width if width is not None else cfg.data.width
     h, w = processing.check_network_size(h, w)
@@ -257,10 +296,15 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
 
         ok, reason = tensorrt_available()
         if ok:
+            trt_device = device if str(device).startswith("cuda") else "cuda"
+
+            def make_trt(size):
+                return TensorRTRunner.create(models, size, device=trt_device, onnx_path=onnx_path,
+                                             cache_dir=engine_cache_dir, precision=precision)
+
             try:
-                runner = TensorRTRunner.create(models, (w, h), device=device if str(device).startswith("cuda") else "cuda",
-                                               onnx_path=onnx_path, cache_dir=engine_cache_dir, precision=precision)
-                return Predictor(runner, cfg, (w, h), models.checkpoint_path)
+                return Predictor(make_trt((w, h)), cfg, (w, h), models.checkpoint_path,
+                                 runner_factory=None if fixed else make_trt)
             except Exception as exc:  # build/plugin/runtime failure: degrade, loudly
                 reason = f"TensorRT engine build/load failed ({type(exc).__name__}: {exc})"
         log.warning("WARNING: backend 'tensorrt' unavailable: %s; falling back to 'onnxruntime'", reason)
@@ -269,11 +313,15 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
     if name == "onnxruntime":
         from semdepth_core.infer.backends.onnxruntime_backend import OnnxRuntimeRunner
 
-        runner = OnnxRuntimeRunner.create(models, (w, h), device=device, onnx_path=onnx_path,
-                                          cache_dir=engine_cache_dir)
+        def make_runner(size):
+            return OnnxRuntimeRunner.create(models, size, device=device, onnx_path=onnx_path, cache_dir=engine_cache_dir)
     else:
         from semdepth_core.infer.backends.torch_backend import TorchRunner
 
-        runner = TorchRunner(models.depth_model, models.pose_net, device=device,
-                             has_semantics=cfg.model.semantic.enabled)
-    return Predictor(runner, cfg, (w, h), models.checkpoint_path)
+        torch_runner = TorchRunner(models.depth_model, models.pose_net, device=device,
+                                   has_semantics=cfg.model.semantic.enabled)
+
+        def make_runner(size):  # fully convolutional: one runner serves every size
+            return torch_runner
+    return Predictor(make_runner((w, h)), cfg, (w, h), models.checkpoint_path,
+                     runner_factory=None if fixed else make_runner)

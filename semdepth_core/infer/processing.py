@@ -8,6 +8,7 @@ Backends only run the networks; everything around them happens here, once:
   inverse depth -> depth at the input resolution (bilinear on *inverse* depth, like the paper's
   upsampling, then 1/x), and semantic labels -> uint8 trainIds at the input resolution (nearest).
 * `network_intrinsics(K, (W0, H0), (W, H))`: intrinsics of the network input (half-pixel rule).
+* `network_size_for((W0, H0), pixel_budget)`: the network input size that keeps a camera's aspect ratio.
 """
 from __future__ import annotations
 
@@ -37,6 +38,26 @@ def check_network_size(height: int, width: int) -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 or v % 32:
             raise ValueError(f"network {key} must be a positive multiple of 32, got {v!r}")
     return int(height), int(width)
+
+
+NETWORK_STRIDE = 32  # five stride-2 stages
+
+
+def network_size_for(image_size: tuple[int, int], pixel_budget: int, stride: int = NETWORK_STRIDE) -> tuple[int, int]:
+    """Network input (w, h) for an image of image_size=(W, H): the image's aspect ratio at about
+    `pixel_budget` pixels (the checkpoint's training h*w), each side rounded to a multiple of `stride`.
+
+    The networks are fully convolutional, so a camera is run at its own aspect ratio instead of being
+    squashed to the training shape (KITTI 1242x375 at 416x128 -> 416x128; a 2:1 image -> 320x160).
+    """
+    W, H = int(image_size[0]), int(image_size[1])
+    if W <= 0 or H <= 0:
+        raise ValueError(f"image size must be positive, got {image_size}")
+    if pixel_budget <= 0:
+        raise ValueError(f"pixel_budget must be positive, got {pixel_budget}")
+    h = (pixel_budget * H / W) ** 0.5
+    w = h * W / H
+    return (max(stride, int(round(w / stride)) * stride), max(stride, int(round(h / stride)) * stride))
 
 
 def preprocess(rgb: np.ndarray, net_size: tuple[int, int]) -> np.ndarray:
