@@ -65,6 +65,8 @@ class HintConfig:
     """Stereo depth hints (Watson et al. 2019): OpenCV SGBM on each rectified pair, cached on disk."""
     num_disparities: int = 128
     block_size: int = 5
+    lr_check: bool = True  # keep disparities the other view confirms within 1 px
+    min_texture: float = 16.0  # drop pixels with a 9x9 mean |gradient| below this (grey levels): sky, blank walls
     cache_dir: str = ""  # "" = $SEMDEPTH_CACHE/hints (or ~/.cache/semdepth/hints)
 
 
@@ -121,7 +123,8 @@ class ModelConfig:
     packnet_version: str = "1A"
     decoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # Monodepth2 widths
     mobilenet_last_block: int = 18  # MobileNetV2 stride-32 output: 18 = 1280-ch head (full), 17 = 320-ch, 16 = 160-ch
-    pose_width: float = 1.0  # width multiplier of the basic PoseNet
+    pose_width: float = 1.0  # width multiplier of the basic PoseNet, and of the pretrained encoders' pose head
+    pose_last_block: int = 18  # MobileNetV2 pose encoder: its last block (as mobilenet_last_block)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
 
 
@@ -141,13 +144,16 @@ class LossConfig:
     depth_normalization: bool = False
     # depth_normalization only: weight of |log mean(1/D) - log(1/scale_anchor_depth)| per image and scale.
     # It fixes the gauge the normalised photometric loss leaves free, so the raw output cannot drift
-    # into a saturated sigmoid (the collapse of docs/results.md); the warped images do not depend on it
+    # into a saturated sigmoid (the collapse of docs/experiments.md); the warped images do not depend on it
     scale_anchor_weight: float = 0.0
     scale_anchor_depth: float = 10.0  # metres
     # with velocity supervision: train scale-free (depth_normalization, no velocity term) for this many
     # steps first, so the pose net learns the direction of motion before the velocity term fixes its length
     velocity_warmup_steps: int = 0
     depth_hint_weight: float = 0.0  # Depth Hints (needs data.depth_hints): 1.0 as Watson et al.
+    # better: the hint pulls only where it reprojects the stereo image better than the prediction (Watson
+    # et al.); always: wherever there is a hint (distillation of the stereo matcher, for short schedules)
+    depth_hint_mode: str = "better"
     # SegDepth auxiliary segmentation loss (0 = off)
     segdepth_weight: float = 0.0
     segdepth_w0: float = 10.0
@@ -218,6 +224,7 @@ _CHOICES = {
     "model.pac_sigma_mode": {"layer", "filter"},
     "model.semantic.arch": {"espnet", "fpn_resnet18", "fpn_resnet50"},
     "train.device": {"cpu", "cuda", "auto"},
+    "loss.depth_hint_mode": {"better", "always"},
 }
 
 
@@ -309,6 +316,7 @@ def _validate_ranges(cfg: Config) -> None:
         ("model.semantic.input_scale", 0.25 <= cfg.model.semantic.input_scale <= 4,
          "must be in [0.25, 4]"),
         ("model.mobilenet_last_block", cfg.model.mobilenet_last_block in (16, 17, 18), "must be 16, 17 or 18"),
+        ("model.pose_last_block", cfg.model.pose_last_block in (16, 17, 18), "must be 16, 17 or 18"),
         ("loss.ssim_alpha", 0.0 <= cfg.loss.ssim_alpha <= 1.0, "must be in [0, 1]"),
         ("loss.num_scales", 1 <= cfg.loss.num_scales <= 4, "must be in [1, 4]"),
         ("loss.smoothness_weight", cfg.loss.smoothness_weight >= 0, "must be >= 0"),

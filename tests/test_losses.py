@@ -261,7 +261,8 @@ def test_sfm_loss_runs_and_gradients_reach_inverse_depth_and_pose(upsample):
     batch, inv_depths, pose_vecs, K = _random_sfm_inputs()
     cfg = LossConfig(velocity_weight=0.1, upsample_scales=upsample)
     out = SfmLoss(cfg)(batch, inv_depths, pose_vecs, K)
-    assert set(out) == {"total", "photometric", "smoothness", "velocity", "scale_anchor", "automask_fraction"}
+    assert set(out) == {"total", "photometric", "smoothness", "velocity", "scale_anchor", "depth_hint",
+                        "automask_fraction"}
     for key, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value), key
     assert 0.0 <= out["automask_fraction"].item() <= 1.0

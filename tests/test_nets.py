@@ -313,6 +313,13 @@ def test_posenet_mobilenet_pretrained(mobilenet_weights):
     assert pose.shape == (1, 1, 6) and pose.abs().max() < 0.1
     with pytest.raises(ValueError, match="no pretrained weights"):
         PoseNet(2, "basic", mobilenet_weights)
+    # the compact variant of the shipped default: encoder up to block 17 (320 ch), half-width head
+    small = PoseNet(2, "mobilenetv2", mobilenet_weights, width=0.5, last_block=17).eval()
+    assert small.encoder.num_ch_enc[-1] == 320 and small.head[0].out_channels == 128
+    n_small, n_full = (sum(p.numel() for p in m.parameters()) for m in (small, PoseNet(2, "mobilenetv2")))
+    assert n_small < 0.62 * n_full
+    with torch.no_grad():
+        assert small(torch.rand(1, 3, 64, 128), [torch.rand(1, 3, 64, 128)] * 2).shape == (1, 2, 6)
 
 
 # --------------------------------------------------------------------- DepthModel + semantics

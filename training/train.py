@@ -322,7 +322,8 @@ def build_mixed_datasets(cfg: Config, verbose: bool = True):
         from semdepth_core.data.stereo_hints import StereoHints
 
         h = cfg.data.hints
-        hints = StereoHints(h.num_disparities, h.block_size, resolve_path(h.cache_dir) if h.cache_dir else None)
+        hints = StereoHints(h.num_disparities, h.block_size, resolve_path(h.cache_dir) if h.cache_dir else None,
+                            h.lr_check, h.min_texture)
     train_parts, val_parts, report = [], [], []
     for group, parts, training in (("sources", train_parts, True), ("val_sources", val_parts, False)):
         for i, src in enumerate(getattr(cfg.data, group)):
@@ -594,7 +595,7 @@ class Trainer:
         """Warn once when the depth map has collapsed to a constant (smoothness exactly 0 for many steps).
 
         A saturated inverse-depth sigmoid gives no gradient and never recovers. Measured cause here
-        (docs/results.md): without metric supervision the depth scale is free and drifts until the
+        (docs/experiments.md): without metric supervision the depth scale is free and drifts until the
         sigmoid saturates at min_depth (ResNet-18 from scratch: ~40 steps). loss.depth_normalization
         removes that degree of freedom from the warp, and loss.scale_anchor_weight (or the velocity)
         holds the raw scale, which the normalised loss no longer sees.

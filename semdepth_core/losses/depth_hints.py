@@ -19,14 +19,18 @@ def hint_reprojection_loss(target: torch.Tensor, stereo: torch.Tensor, hint_dept
     return torch.where(valid, loss, torch.full_like(loss, float("inf")))
 
 
-def depth_hint_loss(pred_depth: torch.Tensor, hint_depth: torch.Tensor, pred_loss: torch.Tensor,
-                    hint_loss: torch.Tensor) -> torch.Tensor:
+def depth_hint_loss(pred_depth: torch.Tensor, hint_depth: torch.Tensor, pred_loss: torch.Tensor | None,
+                    hint_loss: torch.Tensor | None) -> torch.Tensor:
     """Mean over all pixels of log(1 + |D - D_hint|) where the hint reprojects better than the prediction.
 
     pred_depth, hint_depth [B,1,H,W] metres; pred_loss [B,1,H,W] the photometric loss the pixel gets
     from the prediction (after min reprojection / auto-masking); hint_loss from
-    `hint_reprojection_loss` (inf without a hint). -> scalar.
+    `hint_reprojection_loss` (inf without a hint). With pred_loss None, every pixel with a hint
+    (hint_depth > 0) pulls: plain distillation of the matcher. -> scalar.
     """
-    use = (hint_loss < pred_loss.detach()).to(pred_depth.dtype)  # [B,1,H,W]
+    if pred_loss is None:
+        use = (hint_depth > 0).to(pred_depth.dtype)
+    else:
+        use = (hint_loss < pred_loss.detach()).to(pred_depth.dtype)  # [B,1,H,W]
     hint = torch.where(hint_depth > 0, hint_depth, pred_depth.detach())
     return (torch.log1p((pred_depth - hint).abs()) * use).mean()

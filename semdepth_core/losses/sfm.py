@@ -114,7 +114,8 @@ class SfmLoss(nn.Module):
             reproj = reproj.reshape(N, S, B, H, W).permute(1, 2, 0, 3, 4)  # [S,B,N,H,W]
             ctx_list = [contexts[:, j] for j in range(N)]
             identity = identity_reprojection_loss(target, ctx_list, cfg.ssim_alpha) if cfg.automask else None
-            if hints:
+            always = cfg.depth_hint_mode == "always"
+            if hints and not always:
                 hint_loss = hint_reprojection_loss(target, batch["rgb_stereo"], batch["depth_hint"],
                                                    batch["T_stereo"].to(target), K, cfg.ssim_alpha)  # [B,1,H,W]
             for s in range(S):
@@ -125,7 +126,8 @@ class SfmLoss(nn.Module):
                 masked_fractions.append(1.0 - mask.float().mean())
                 if hints:
                     pred_depth = 1.0 / inv_full[s * B:(s + 1) * B].clamp(min=1e-6)  # [B,1,H,W] metric
-                    hint_terms.append(depth_hint_loss(pred_depth, batch["depth_hint"], loss_map, hint_loss))
+                    hint_terms.append(depth_hint_loss(pred_depth, batch["depth_hint"], None, None) if always else
+                                      depth_hint_loss(pred_depth, batch["depth_hint"], loss_map, hint_loss))
         else:
             for s in range(num_scales):
                 h, w = inv_depths[s].shape[-2:]

@@ -179,7 +179,7 @@ def build_models(cfg: ModelConfig, num_context: int = 2,
         if found != cfg.pose_encoder:
             raise ValueError(f"model.pose_encoder: {cfg.pose_encoder!r} does not match model.pose_pretrained "
                              f"({pretrained} holds a {found} state_dict); set model.pose_encoder: {found}")
-    pose = PoseNet(num_context, cfg.pose_encoder, pretrained, width=cfg.pose_width)
+    pose = PoseNet(num_context, cfg.pose_encoder, pretrained, width=cfg.pose_width, last_block=cfg.pose_last_block)
     return depth, pose
 
 

@@ -6,7 +6,8 @@
   a 1x1 conv to 6N channels, a global spatial average, then x0.01.
 - "resnet18" / "mobilenetv2": an ImageNet-style encoder over the 3(1+N)-channel stack (pretrained
   first-conv weights replicated per frame and divided by 1+N), followed by a small conv head
-  (1x1 squeeze to 256, two 3x3 convs with ReLU, 1x1 to 6N), global average, x0.01.
+  (1x1 squeeze to 256 x width, two 3x3 convs with ReLU, 1x1 to 6N), global average, x0.01; the
+  MobileNetV2 encoder ends at `last_block` (18: the 1280-ch head, 17: 320 ch, 16: 160 ch).
 
 The output `[B, N, 6]` = (tx, ty, tz, rx, ry, rz) per context (axis-angle rotation) is the
 pose vector of T_ctx_tgt: it maps target-frame points into the context frame (docs/architecture.md).
@@ -37,7 +38,7 @@ class PoseNet(nn.Module):
     """forward(target[B,3,H,W], contexts: list of N [B,3,H,W]) -> [B, N, 6] pose vectors of T_ctx_tgt."""
 
     def __init__(self, num_context: int = 2, encoder: str = "basic",
-                 pretrained_path: str | Path | None = None, width: float = 1.0) -> None:
+                 pretrained_path: str | Path | None = None, width: float = 1.0, last_block: int = 18) -> None:
         super().__init__()
         if num_context < 1:
             raise ValueError(f"PoseNet: num_context must be >= 1, got {num_context}")
@@ -69,13 +70,14 @@ class PoseNet(nn.Module):
             else:
                 from .mobilenetv2 import MobileNetV2Encoder
 
-                self.encoder = MobileNetV2Encoder(pretrained_path, in_ch=in_ch)
+                self.encoder = MobileNetV2Encoder(pretrained_path, in_ch=in_ch, last_block=last_block)
             c = self.encoder.num_ch_enc[-1]
+            h = max(16, int(round(256 * width / 16)) * 16)  # head width: 256 x width
             self.head = nn.Sequential(
-                nn.Conv2d(c, 256, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(256, out_ch, 1),
+                nn.Conv2d(c, h, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(h, h, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(h, h, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(h, out_ch, 1),
             )
             self.min_size = 32
         self._init_head()
