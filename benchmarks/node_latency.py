@@ -1,6 +1,7 @@
 """depth_node image-in -> points-out latency and FPS at 640x192, per backend and model config.
 
     python -m benchmarks.node_latency [--quick] [--frames N] [--warmup W] [--threads T]
+                                      [--checkpoint LABEL=PATH ...] [--image-size WxH] [--name NAME]
                                       [--backends torch onnxruntime] [--models resnet18 ...]
 
 For every (backend, model) the real `depth_node` process is started exactly as in production
@@ -18,6 +19,9 @@ measured frames are recovered from the rolling means before and after (see `_sta
 Share of time outside the networks (target <= 10 %):
     outside_e2e  = 1 - network_ms / mean end-to-end latency   (includes DDS transport both ways)
     outside_node = 1 - network_ms / time_ms.total             (decode, pre/post-processing, cloud, publish)
+
+--checkpoint LABEL=PATH measures given checkpoints instead (e.g. the shipped default against an earlier
+one), each at its own input-size policy, on whole 1242x375 KITTI frames unless --image-size says otherwise.
 
 Models (randomly initialised; weights do not change the cost): resnet18, resnet18_sg (ESPNet +
 PAC guidance), mobilenetv2_sg, mobilenetv2_sg_compact (no MobileNetV2 1280-ch head, narrow decoder, half-
@@ -238,7 +242,9 @@ def sample_image(width: int = WIDTH, height: int = HEIGHT) -> tuple[np.ndarray, 
         drive = kitti.KittiDrive(kitti_raw_dir() / "2011_09_26" / "2011_09_26_drive_0001_sync")
         img = drive.load_image(drive.frames[0])
         K = drive.calib.K(2).copy()
-        y0, x0 = img.shape[0] - height - 20, (img.shape[1] - width) // 2
+        if width > img.shape[1] or height > img.shape[0]:
+            raise ValueError(f"{width}x{height} is larger than the KITTI frame")
+        y0, x0 = max(0, img.shape[0] - height - 20), (img.shape[1] - width) // 2
         K[0, 2] -= x0
         K[1, 2] -= y0
         return np.ascontiguousarray(img[y0:y0 + height, x0:x0 + width]), K
@@ -273,20 +279,25 @@ def _stage_means(before: dict, after: dict, window: int = STAGE_WINDOW) -> tuple
 
 
 def run_config(model: str, backend: str, frames: int, warmup: int, threads: int, ckpt_dir: Path,
-               log_dir: Path, start_timeout: float, frame_timeout: float) -> dict:
+               log_dir: Path, start_timeout: float, frame_timeout: float, checkpoint: Path | None = None,
+               image_size: tuple[int, int] = (WIDTH, HEIGHT)) -> dict:
+    """One (model, backend) run. `checkpoint`: a given checkpoint at its own input-size policy (else a random
+    one of MODELS[model] at a fixed 640x192 network input); `image_size`: the published frames' (W, H)."""
     from semdepth_ros import conversions as C
 
-    ckpt = build_checkpoint(model, ckpt_dir)
+    ckpt = checkpoint if checkpoint is not None else build_checkpoint(model, ckpt_dir)
     domain = random.randint(1, 200)
     env = ros_env(domain, log_dir / "roslog", threads)
     env["SEMDEPTH_CACHE"] = str(WORK / "cache")
-    extra = ["-p", f"input_height:={HEIGHT}", "-p", f"input_width:={WIDTH}", "-p", "diagnostics_period:=0.25",
-             "-p", f"num_threads:={threads}"]
+    extra = ["-p", "diagnostics_period:=0.25", "-p", f"num_threads:={threads}"]
+    if checkpoint is None:
+        extra += ["-p", f"input_height:={HEIGHT}", "-p", f"input_width:={WIDTH}"]
     node = NodeProc(node_command(ckpt, backend, NS, IMG, INFO, ODOM, ("points",), extra), env,
                     log_dir / f"node_{model}_{backend}.log")
     cli = Client(domain, NS, IMG, INFO, ODOM, outputs=("points",))
-    rgb, K = sample_image()
-    row = {"model": model, "backend": backend}
+    rgb, K = sample_image(*image_size)
+    W_img, H_img = image_size
+    row = {"model": model, "backend": backend, "image": f"{W_img}x{H_img}"}
     try:
         t_start = time.monotonic()
         cli.wait_serving("points", start_timeout, node.alive)
@@ -302,7 +313,7 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
                 t_loop = time.monotonic()
             t_ns = base + i * 100_000_000
             hdr = cli.header(t_ns)
-            cli.pub_info.publish(C.make_camera_info(hdr, K, WIDTH, HEIGHT))
+            cli.pub_info.publish(C.make_camera_info(hdr, K, W_img, H_img))
             msg = C.rgb_to_image_msg(rgb, hdr)
             t_pub = time.monotonic()
             cli.pub_img.publish(msg)
@@ -347,10 +358,24 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=None, choices=list(MODELS))
     ap.add_argument("--start-timeout", type=float, default=600.0, help="node start-up limit incl. ONNX export (s)")
     ap.add_argument("--frame-timeout", type=float, default=120.0)
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
+                    help="measure this checkpoint (its own input-size policy) instead of the random models; repeatable")
+    ap.add_argument("--image-size", help="published frame size WxH (default 640x192; 1242x375 with --checkpoint)")
+    ap.add_argument("--name", default="node_latency", help="result name (benchmarks/results/NAME.json)")
     args = ap.parse_args(argv)
     frames = args.frames or (5 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if args.quick and not (args.backends or args.models):
+    given = {}
+    for text in args.checkpoint:
+        label, sep, path = text.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--checkpoint {text!r}: expected LABEL=PATH of an existing checkpoint")
+        given[label] = Path(path).resolve()
+    image_size = tuple(int(v) for v in args.image_size.lower().split("x")) if args.image_size else \
+        ((1242, 375) if given else (WIDTH, HEIGHT))
+    if given:
+        runs = [(m, b) for m in given for b in (args.backends or BACKENDS)]
+    elif args.quick and not (args.backends or args.models):
         runs = [("mobilenetv2_sg_compact", "torch"), ("mobilenetv2_sg_compact", "onnxruntime")]
     else:
         runs = [(m, b) for m in (args.models or list(MODELS)) for b in (args.backends or BACKENDS)]
@@ -360,14 +385,14 @@ def main(argv=None) -> int:
     for model, backend in runs:
         print(f"--- {model} / {backend}", flush=True)
         row = run_config(model, backend, frames, warmup, args.threads, WORK / "ckpt", log_dir,
-                         args.start_timeout, args.frame_timeout)
+                         args.start_timeout, args.frame_timeout, given.get(model), image_size)
         if "error" in row:
             print(f"    FAILED: {row['error']}\n{row.get('node_log_tail', '')}", flush=True)
         else:
             print(f"    e2e {row['e2e_ms_mean']:.1f} ms, network {row['network_ms']:.1f} ms, "
                   f"outside {100 * row['outside_e2e']:.1f} %, {row['fps']:.2f} FPS", flush=True)
         rows.append(row)
-    table = [{"model": r["model"], "backend": r["backend"], "fps": r.get("fps", float("nan")),
+    table = [{"model": r["model"], "backend": r["backend"], "image": r.get("image", ""), "fps": r.get("fps", float("nan")),
               "e2e_ms": r.get("e2e_ms_mean", float("nan")), "e2e_p90": r.get("e2e_ms_p90", float("nan")),
               "net_ms": r.get("network_ms", float("nan")), "node_total_ms": r.get("node_total_ms", float("nan")),
               "outside_e2e_%": 100 * r.get("outside_e2e", float("nan")),
@@ -377,14 +402,15 @@ def main(argv=None) -> int:
     text = print_table(table)
     ok = [r for r in rows if "error" not in r]
     payload = {
-        "resolution": f"{WIDTH}x{HEIGHT}", "frames": frames, "warmup": warmup, "threads": args.threads,
+        "resolution": f"{image_size[0]}x{image_size[1]}", "frames": frames,
+        "checkpoints": {k: str(v) for k, v in given.items()}, "warmup": warmup, "threads": args.threads,
         "protocol": "one frame at a time over real DDS (reliable), latency = publish -> points received; "
                     "network_ms = node's time_ms.network mean over the measured frames",
         "target_outside_share": 0.10,
         "target_met": {f"{r['model']}/{r['backend']}": r["outside_e2e"] <= 0.10 for r in ok},
         "wall_s": time.monotonic() - t0, "table": table, "runs": rows, "table_text": text,
     }
-    path = write_result("node_latency", payload, quick=args.quick)
+    path = write_result(args.name, payload, quick=args.quick)
     print(f"\nwrote {path}")
     return 0 if len(ok) == len(rows) else 1
 

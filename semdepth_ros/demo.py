@@ -10,6 +10,9 @@ node's depth, semantics and point clouds; the demo then scores them against the 
   strip_NNN.png      input | colourised depth with a scale bar | semantic overlay
   cloud.ply          one frame's labelled, coloured point cloud
   per_class_abs_rel.png, summary.json, and a summary table printed at the end.
+Without --data the same then runs on a real KITTI drive (--real; by default drive 0023 of the shared
+data, which the default weights never trained on) into demo_output/kitti/, and demo_output/demo_strip.png
+shows its first strip above the synthetic one.
 """
 from __future__ import annotations
 
@@ -162,6 +165,16 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
                 time.sleep(0.1)
             bar.close()
             elapsed = time.monotonic() - t0
+            # the stage timings come with /diagnostics (every diagnostics_period): wait for a report that
+            # covers the frames received, so a loaded machine does not end the run before it arrives
+            diag_by = time.monotonic() + 15.0
+            while time.monotonic() < diag_by and proc.poll() is None:
+                with lock:
+                    done = [d for d in out.diagnostics if "time_ms.total" in d
+                            and int(d.get("frames_processed", 0)) >= len(out.depth)]
+                if done:
+                    break
+                time.sleep(0.1)
         finally:
             for p in (replay, proc):
                 if p is not None and p.poll() is None:
@@ -178,17 +191,13 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
     return out, elapsed
 
 
-def ground_truth(drive, frame: int, size: tuple[int, int]) -> np.ndarray:
-    """Dense synthetic depth if present, else the Velodyne projection, at size=(W,H); drive: KittiDrive."""
-    from semdepth_core.data.kitti import load_velodyne, read_depth_png, velodyne_depth
-
-    dense = drive.dense_depth_path(frame)
-    if dense is not None:
-        return read_depth_png(dense)
-    velo = drive.velodyne_path(frame)
-    if velo is None:
-        raise FileNotFoundError(f"{drive.path}: frame {frame} has neither dense depth nor a Velodyne scan")
-    return velodyne_depth(load_velodyne(velo), drive.calib, 2, size)
+def ground_truth(drive, frame: int) -> np.ndarray:
+    """The drive's ground truth at its native size: dense synthetic depth, else the LiDAR (raw scan or the
+    packaged projection); drive: KittiDrive."""
+    gt = drive.depth_gt(frame, 2)
+    if gt is None:
+        raise FileNotFoundError(f"{drive.path}: frame {frame} has neither dense depth nor LiDAR")
+    return gt
 
 
 def summarise(col: Collected, drive_dir: Path, out_dir: Path, elapsed: float, scale_mode: str,
@@ -209,7 +218,7 @@ def summarise(col: Collected, drive_dir: Path, out_dir: Path, elapsed: float, sc
     for k in keys:
         depth = np.nan_to_num(col.depth[k], nan=0.0)
         f = frame_of[k]
-        gt = ground_truth(drive, f, (depth.shape[1], depth.shape[0]))
+        gt = ground_truth(drive, f)
         if gt.shape != depth.shape:
             import cv2
 
@@ -294,9 +303,55 @@ def print_summary(s: dict, out_dir: Path) -> None:
     print(f"\noutputs in {out_dir}/")
 
 
+def held_out_kitti_drive() -> Path | None:
+    """KITTI raw drive 0023 in the shared real data (held out of the default's training), if present."""
+    from semdepth_core.paths import kitti_raw_dir
+
+    d = kitti_raw_dir() / "2011_09_26" / "2011_09_26_drive_0023_sync"
+    return d if d.is_dir() else None
+
+
+def run_drive(drive_dir: Path, out_dir: Path, checkpoint: Path, args, tmp: Path) -> dict:
+    """Bag `drive_dir`, replay it into a depth_node process, score and draw what it published."""
+    from semdepth_ros.kitti_to_bag import convert
+
+    bag = tmp / f"{drive_dir.name}.bag"
+    counts = convert(drive_dir, bag, storage="mcap", max_frames=args.frames, log=lambda *a: None)
+    n_frames = max(counts.values()) if counts else 0
+    print(f"bag written: {bag.name} ({n_frames} frames)")
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(random.randint(20, 200)))}
+    cmd = node_command(checkpoint, default_params_file(), args.backend, args.scale_mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    col, elapsed = collect(env, cmd, bag, n_frames, args.rate, args.timeout, out_dir / "node.log")
+    return summarise(col, drive_dir, out_dir, elapsed, args.scale_mode)
+
+
+def combined_strip(paths: list[Path], out: Path) -> Path | None:
+    """The first strip of each run, one above the other (real KITTI first): the README picture."""
+    import cv2
+
+    imgs = [cv2.imread(str(p)) for p in paths if p.is_file()]
+    imgs = [im for im in imgs if im is not None]
+    if not imgs:
+        return None
+    w = min(im.shape[1] for im in imgs)
+    imgs = [cv2.resize(im, (w, round(im.shape[0] * w / im.shape[1])), interpolation=cv2.INTER_AREA) for im in imgs]
+    gap = np.full((6, w, 3), 255, np.uint8)
+    stacked = [imgs[0]]
+    for im in imgs[1:]:
+        stacked += [gap, im]
+    cv2.imwrite(str(out), np.concatenate(stacked, axis=0))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m semdepth_ros.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--data", help="a KITTI raw drive folder (YYYY_MM_DD/..._drive_XXXX_sync); default: a synthetic drive")
+    p.add_argument("--data", help="a KITTI raw drive folder (YYYY_MM_DD/..._drive_XXXX_sync); default: a synthetic drive "
+                                  "and then the real KITTI drive of --real")
+    p.add_argument("--real", default="auto",
+                   help="without --data, the real KITTI drive shown after the synthetic one: a drive folder, 'auto' "
+                        "(drive 0023 of the shared data, held out of the default's training, when present) or 'none'")
     p.add_argument("--frames", type=int, default=40, help="frames to generate / replay")
     p.add_argument("--seed", type=int, default=2024, help="synthetic drive seed")
     p.add_argument("--out", default="demo_output")
@@ -313,7 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoint.is_file():
         print(f"error: checkpoint not found: {checkpoint}", file=sys.stderr)
         return 2
-    from semdepth_ros.kitti_to_bag import convert
+    real = None
+    if not args.data and args.real != "none":
+        real = held_out_kitti_drive() if args.real == "auto" else Path(args.real).resolve()
+        if real is None:
+            print("note: no real KITTI drive found (set SEMDEPTH_SHARED_DATA); showing the synthetic drive only")
+        elif not real.is_dir():
+            print(f"error: --real {real}: not a folder", file=sys.stderr)
+            return 2
 
     with tempfile.TemporaryDirectory(prefix="semdepth_demo_") as tmp:
         tmp = Path(tmp)
@@ -324,17 +386,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"generating a synthetic drive (seed {args.seed}, {args.frames} frames, 640x192) ...")
             drive_dir = generate_drive(tmp / "kitti", frames=args.frames, seed=args.seed, width=640, height=192)
-        bag = tmp / "drive.bag"
-        counts = convert(drive_dir, bag, storage="mcap", max_frames=args.frames, log=lambda *a: None)
-        n_frames = max(counts.values()) if counts else 0
-        print(f"bag written: {bag.name} ({n_frames} frames)")
-        env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-               "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", str(random.randint(20, 200)))}
-        cmd = node_command(checkpoint, default_params_file(), args.backend, args.scale_mode)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        col, elapsed = collect(env, cmd, bag, n_frames, args.rate, args.timeout, out_dir / "node.log")
-        summary = summarise(col, drive_dir, out_dir, elapsed, args.scale_mode)
-    print_summary(summary, out_dir)
+        summary = run_drive(drive_dir, out_dir, checkpoint, args, tmp)
+        print_summary(summary, out_dir)
+        if real is not None:
+            print(f"\nthe real KITTI drive {real.name} ...")
+            real_summary = run_drive(real, out_dir / "kitti", checkpoint, args, tmp)
+            print_summary(real_summary, out_dir / "kitti")
+            pic = combined_strip([out_dir / "kitti" / "strip_000.png", out_dir / "strip_000.png"],
+                                 out_dir / "demo_strip.png")
+            if pic is not None:
+                print(f"real and synthetic strips: {pic}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""`make demo`'s pipeline on a short synthetic drive: generator -> bag -> real depth_node process over
-DDS -> collector -> strips, PLY, per-class chart, summary (with the committed default weights)."""
+"""`make demo`'s pipeline on a short synthetic drive, then on the real held-out KITTI drive: generator ->
+bag -> real depth_node process over DDS -> collector -> strips, PLY, per-class chart, summary (with the
+committed default weights), and the README picture of a real frame above a synthetic one."""
 from __future__ import annotations
 
 import json
@@ -35,3 +36,12 @@ def test_demo_pipeline_on_a_short_drive(tmp_path):
     cloud = read_ply(out / "cloud.ply")
     assert len(cloud) > 100 and np.isfinite(cloud["z"]).all() and (cloud["z"] > 0).all()
     assert (out / "per_class_abs_rel.png").stat().st_size > 1000
+    # the real KITTI drive 0023 (LiDAR ground truth), and the combined picture
+    real = json.loads((out / "kitti" / "summary.json").read_text())
+    assert 1 <= real["frames_with_depth"] <= 6 and real["frames_in_drive"] == 7
+    assert np.isfinite(real["median_scaled"]["abs_rel"]) and real["median_scaled"]["abs_rel"] < 0.5
+    import cv2
+
+    pic = cv2.imread(str(out / "demo_strip.png"))
+    first = cv2.imread(str(out / "kitti" / "strip_000.png"))
+    assert pic is not None and pic.shape[0] > first.shape[0] * pic.shape[1] / first.shape[1]  # two strips

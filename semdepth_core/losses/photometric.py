@@ -5,7 +5,7 @@ Two implementations of the same formula:
 - `photometric_loss`: what training calls. Its forward uses separable 3x3 box sums instead of
   `avg_pool2d` and its backward is the analytic gradient of Eq. 2 w.r.t. the synthesised image (the
   target is a constant of the loss), so no intermediate is kept for autograd. On this project's CPU
-  `avg_pool2d` and its backward were ~70 % of the whole loss (docs/results.md, train_step_cost).
+  `avg_pool2d` and its backward were ~70 % of the whole loss (docs/experiments.md, train_step_cost).
   On CPU the same forward and backward run as one fused C kernel (`_native_photometric.py`) when a
   C compiler is present; the torch ops are the fallback (and the GPU path).
 """
