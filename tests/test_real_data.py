@@ -195,3 +195,20 @@ def test_greyscale_augmentation_turns_only_the_network_input_grey(kitti_root):
     aug = it["rgb_aug"]
     assert torch.allclose(aug[0], aug[1]) and torch.allclose(aug[1], aug[2])
     assert not torch.allclose(it["rgb"][0], it["rgb"][2])  # the loss's images stay in colour
+
+
+@pytest.mark.parametrize("make", ["kitti", "odometry"])
+def test_image_cache_decodes_each_image_once(make, kitti_root, odo_root, monkeypatch):
+    if make == "kitti":
+        ds = KittiDataset(kitti_root, height=H, width=W, stereo=True, cache_images=True, with_gt=False)
+    else:
+        ds = OdometryDataset(odo_root, ["snippet1"], height=H, width=W, stereo=True, cache_images=True)
+    first = ds.load(2, flip=True)
+    seq = ds.samples[2].seq
+    calls = []
+    original = type(seq).load_image
+    monkeypatch.setattr(type(seq), "load_image", lambda self, *a: calls.append(a) or original(self, *a))
+    again = ds.load(2, flip=True)
+    assert calls == []  # target, contexts and the stereo image all came from memory
+    for key in ("rgb", "rgb_context", "rgb_stereo", "T_stereo", "K"):
+        assert torch.equal(first[key], again[key]), key

@@ -398,7 +398,7 @@ class KittiDataset(FrameDataset):
                 continue
             samples.append(Sample(drive, ref.frame, ref.cam))
         super().__init__(samples, height, width, context, augment, with_gt, gt_source, training, stereo, hints,
-                         where=str(self.root), skipped=skipped, skipped_examples=examples)
+                         where=str(self.root), skipped=skipped, skipped_examples=examples, cache_images=cache_images)
 
 
 
