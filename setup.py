@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["semdepth_core", "semdepth_core.*", "semdepth_ros", "semdepth_ros.*",
                                     "training", "training.*"]),
     package_data={"training": ["configs/*.yaml"], "semdepth_core": ["export/cuda/*.cu", "export/cuda/*.h"],
-                  "semdepth_ros": ["weights/*.ckpt"]},
+                  "semdepth_ros": ["weights/*.ckpt", "weights/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -412,6 +412,8 @@ class Trainer:
         self.pose_net.to(device)
         self.loss_fn = SfmLoss(cfg.loss, (cfg.model.min_depth, cfg.model.max_depth))
         self.semantic_cache = SemanticCache(self.depth_model) if cfg.train.cache_semantics else None
+        # the depth loss needs the semantic net for guidance or SegDepth only
+        self.needs_semantics = cfg.model.guidance or cfg.loss.segdepth_weight > 0 or cfg.model.semantic.finetune
         # SegDepth variant: a training-only U-Net on the full-resolution disparity (never exported)
         self.seg_head = None
         if cfg.loss.segdepth_weight > 0:
@@ -560,7 +562,12 @@ class Trainer:
         rgb_aug = batch["rgb_aug"]  # [B,3,H,W]
         ctx_aug = batch["rgb_context_aug"]  # [B,N,3,H,W]
         semantic = self.semantic_cache(batch) if self.semantic_cache is not None else None
-        outputs = self.depth_ddp(rgb_aug, semantic) if semantic is not None else self.depth_ddp(rgb_aug)
+        if semantic is not None:
+            outputs = self.depth_ddp(rgb_aug, semantic)
+        elif self.needs_semantics:
+            outputs = self.depth_ddp(rgb_aug)
+        else:  # a semantic net only for the deployed model's labels: not run while training the depth
+            outputs = self.depth_ddp(rgb_aug, with_semantics=False)
         pose_vecs = self.pose_ddp(rgb_aug, [ctx_aug[:, j] for j in range(ctx_aug.shape[1])])  # [B,N,6]
         lc = self.cfg.loss
         warming_up = lc.velocity_weight > 0 and self.global_step < lc.velocity_warmup_steps

@@ -133,11 +133,18 @@ class DepthModel(nn.Module):
         logits = F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False)
         return type(out)(logits, feats)
 
-    def forward(self, rgb01: torch.Tensor, semantic=None) -> dict[str, object]:
+    def forward(self, rgb01: torch.Tensor, semantic=None, with_semantics: bool = True) -> dict[str, object]:
         """semantic: the frozen semantic net's output for this batch when already known (training's
-        feature cache, `training.train.SemanticCache`); its logits may be None."""
+        feature cache, `training.train.SemanticCache`); its logits may be None. with_semantics=False
+        skips the semantic net when nothing needs it (training without guidance or SegDepth):
+        "sem_logits" is then None."""
         check_rgb_input(rgb01, f"DepthModel({self.depth_net_name})")
-        sem = self.run_semantic(rgb01) if semantic is None else semantic
+        if semantic is not None:
+            sem = semantic
+        elif with_semantics or self.guidance_channels:
+            sem = self.run_semantic(rgb01)
+        else:
+            sem = None
         guidance = None
         if self.guidance_channels:
             strides = list(self.semantic.feature_strides)
