@@ -389,6 +389,25 @@ def test_depth_model_guidance_changes_output_only_when_guided():
         assert (diff > 1e-5) if guidance else (diff == 0.0), (guidance, diff)
 
 
+def test_depth_model_skips_an_unneeded_semantic_net():
+    """with_semantics=False (training without guidance or SegDepth): the semantic net is not run and the
+    depth is unchanged; a guided model runs it anyway, since its decoder needs the features."""
+    x = torch.rand(1, 3, 64, 128)
+    sem = FakeSemantic()
+    model = DepthModel(_sem_cfg(guidance=False), semantic_net=sem).eval()
+    with torch.no_grad():
+        full = model(x)
+        calls = sem.calls
+        bare = model(x, with_semantics=False)
+    assert sem.calls == calls and bare["sem_logits"] is None and full["sem_logits"] is not None
+    assert torch.equal(full["inv_depths"][0], bare["inv_depths"][0])
+    guided_sem = FakeSemantic()
+    guided = DepthModel(_sem_cfg(guidance=True), semantic_net=guided_sem).eval()
+    with torch.no_grad():
+        guided(x, with_semantics=False)
+    assert guided_sem.calls == 1
+
+
 def test_depth_model_finetuned_semantic_net_trains():
     sem = FakeSemantic()
     model = DepthModel(_sem_cfg(finetune=True), semantic_net=sem).train()
