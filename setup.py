@@ -21,7 +21,9 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # the shipped weights where a ROS user looks for package data (also inside the Python package)
+        (f"share/{PACKAGE}/weights", glob("semdepth_ros/weights/*.ckpt") + glob("semdepth_ros/weights/*.md")),
     ],
     python_requires=">=3.10",
     install_requires=[

@@ -2,7 +2,8 @@
 bag's Velodyne scans.
 
     python -m semdepth_ros.replay BAG [--rate R] [--loop] [--topics T ...] [--start-delay S]
-                                      [--clock] [--evaluate [--depth-topic depth] [--eval-out FILE]]
+                                      [--clock] [--evaluate [--namespace NS] [--depth-topic depth]
+                                      [--eval-out FILE]]
 
 Reading uses `rosbags` (no rosbag2_py here). Each message's CDR bytes are turned into the rclpy
 message of the same type with `rclpy.serialization.deserialize_message` - exact, fast and it
@@ -11,7 +12,8 @@ subscribers - and published with the bag's recorded QoS (so /tf_static keeps its
 durability) and the original relative timing divided by --rate. Topics whose message package is
 not importable in this Python (e.g. tf2_msgs here) are skipped with one warning each.
 
---evaluate: subscribes to the depth node's `depth` output (32FC1, metres). For every depth image
+--evaluate: subscribes to the depth node's `depth` output (32FC1, metres; `/NS/depth` with
+--namespace NS, or --depth-topic). For every depth image
 it takes the bag's Velodyne cloud nearest in time (within --eval-tolerance), moves it into the
 image's frame with the bag's /tf_static tree (kitti_to_bag stores velo_link -> ... ->
 camera_color_left_optical), projects it through the bag's CameraInfo (rescaled to the depth
@@ -131,7 +133,12 @@ def plan_topics(reader, wanted: list[str] | None, log) -> dict[str, TopicPlan]:
         try:
             plan.msg_class = import_msg_class(plan.msgtype)
         except (ImportError, AttributeError) as exc:
-            log(f"warning: skipping {topic}: message type {plan.msgtype} is not importable here ({exc})")
+            hint = ""
+            if plan.msgtype.split("/")[0] == "tf2_msgs":
+                hint = ("; tf2_msgs has no PyPI wheel, so the [ros] extra cannot bring it: use a ROS install "
+                        "(`apt install ros-$ROS_DISTRO-tf2-msgs`, then `source /opt/ros/$ROS_DISTRO/setup.bash`). "
+                        "--evaluate still reads the bag's /tf_static itself")
+            log(f"warning: skipping {topic}: message type {plan.msgtype} is not importable here ({exc}){hint}")
             continue
         plan.qos = qos_from_bag(plan.connections[0].ext.offered_qos_profiles)
         out[topic] = plan
@@ -356,7 +363,9 @@ def replay(args, log=print) -> int:
                 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
                 depth_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-            node.create_subscription(Image, args.depth_topic, on_depth, depth_qos)
+            depth_topic = resolve_depth_topic(args.depth_topic, args.namespace)
+            log(f"eval: scoring {depth_topic}")
+            node.create_subscription(Image, depth_topic, on_depth, depth_qos)
 
         def wait_until(deadline: float) -> None:
             while not stop["flag"]:
@@ -456,6 +465,17 @@ def replay(args, log=print) -> int:
             rclpy.shutdown()
 
 
+def resolve_depth_topic(topic: str, namespace: str = "") -> str:
+    """The depth node's output topic: absolute as given, else under the node's namespace ('front' -> /front/depth)."""
+    topic = topic.strip()
+    if not topic:
+        raise ReplayError("--depth-topic is empty")
+    if topic.startswith("/"):
+        return topic
+    ns = "/" + namespace.strip().strip("/") if namespace.strip().strip("/") else ""
+    return f"{ns}/{topic}"
+
+
 def rclpy_ok() -> bool:
     try:
         import rclpy
@@ -481,7 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--verbose", action="store_true", help="log every publication with its bag and wall offsets")
     ap.add_argument("--clock", action="store_true", help="also publish /clock with the bag time (use_sim_time)")
     ap.add_argument("--evaluate", action="store_true", help="score the depth node's output against the Velodyne")
-    ap.add_argument("--depth-topic", default="depth", help="depth topic to evaluate (default: depth)")
+    ap.add_argument("--depth-topic", default="depth", help="depth topic to evaluate (default: depth); relative "
+                    "names are taken under --namespace")
+    ap.add_argument("--namespace", default="", help="namespace of the depth node (the launch file's namespace:=), "
+                    "e.g. front: evaluates /front/depth")
     ap.add_argument("--depth-reliable", action="store_true",
                     help="subscribe to depth with reliable QoS (the node's depth publisher must be reliable too: "
                          "-p qos_overrides./depth.publisher.reliability:=reliable); best effort loses MB-sized images "

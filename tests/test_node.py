@@ -85,10 +85,14 @@ def test_config_yaml_lists_every_parameter_with_its_default():
     assert dict(flat(doc[key]["ros__parameters"])) == {p.name: p.default for p in N.PARAMS}
 
 
+def consts_all(tree) -> dict:
+    return {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+            for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+
+
 def test_launch_file_runs_the_same_executable_params_and_remaps():
     tree = ast.parse((REPO / "launch" / "depth.launch.py").read_text())
-    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
-              for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    consts = {k: v for k, v in consts_all(tree).items() if k in ("PACKAGE", "EXECUTABLE", "NODE_NAME")}
     assert consts == {"PACKAGE": "semdepth_ros", "EXECUTABLE": "depth_node", "NODE_NAME": "depth_node"}
     setup = (REPO / "setup.py").read_text()
     assert '"depth_node = semdepth_ros.node:main"' in setup
@@ -102,10 +106,18 @@ def test_launch_file_runs_the_same_executable_params_and_remaps():
     assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), overrides]"
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_depth_node")
     body = ast.unparse(fn)
-    assert "('checkpoint', 'backend')" in body and "'use_sim_time'" in body and "if value:" in body
+    assert "('checkpoint', 'backend', 'image_transport', 'image_qos')" in body and "'use_sim_time'" in body
+    assert "if value:" in body
+    # the node process gets the shipped Fast DDS profile unless the user set one or passed fastdds_profile:=""
+    assert "PROFILE_ENV not in os.environ" in body and ast.unparse(kw["additional_env"]) == "env"
+    assert consts_all(tree)["PROFILE_ENV"] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert (REPO / "config" / consts_all(tree)["PROFILE"]).is_file() and "config/*.xml" in setup
     args = {ast.literal_eval(c.args[0]): c for c in calls if c.func.id == "DeclareLaunchArgument"}
     assert set(args) == {"namespace", "image", "camera_info", "odom", "checkpoint", "backend", "params_file",
-                         "use_sim_time"}
+                         "use_sim_time", "image_transport", "image_qos", "fastdds_profile"}
+    # no checkpoint argument: the params file's `default`, the shipped weights
+    assert ast.literal_eval(next(k.value for k in args["checkpoint"].keywords if k.arg == "default_value")) == ""
+    assert ".ckpt" in ast.unparse(args["checkpoint"]) and ".pt)" not in ast.unparse(args["checkpoint"])
     src = ast.unparse(tree)
     assert "get_package_share_directory(PACKAGE), 'config', 'depth.yaml'" in src
     assert "config/*.yaml" in setup and "launch/*.launch.py" in setup  # installed where the launch file looks
@@ -173,14 +185,15 @@ def _reliable_overrides(*topics_pub) -> list[str]:
 
 
 class NodeProcess:
-    def __init__(self, tmp_path, checkpoint, extra=()):
+    def __init__(self, tmp_path, checkpoint, extra=(), env=None):
         self.log_path = tmp_path / f"node_{time.monotonic_ns()}.log"
         cmd = [sys.executable, "-m", "semdepth_ros.node", "--ros-args", "--params-file", str(REPO / "config/depth.yaml"),
-               "-r", f"__ns:={NS}", "-p", f"checkpoint:={checkpoint}", "-p", "backend:=torch",
+               "-r", f"__ns:={NS}", *(["-p", f"checkpoint:={checkpoint}"] if checkpoint else []), "-p", "backend:=torch",
                "-p", "num_threads:=1", "-p", "diagnostics_period:=0.5",
                "-r", f"image:={IMG}", "-r", f"camera_info:={INFO}", "-r", f"odom:={ODOM}", *extra]
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**_env(tmp_path), **(env or {})}, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         if not self._log.closed:
@@ -664,11 +677,12 @@ def test_replay_evaluate_scores_node_output_on_real_kitti(tmp_path, checkpoint, 
     bag = tmp_path / "bag"
     k2b.convert(kitti_drive_dir, bag, storage="mcap", log=lambda m: None)
     node_args = [sys.executable, "-m", "semdepth_ros.node", "--ros-args", "--params-file", str(REPO / "config/depth.yaml"),
+                 "-r", "__ns:=/front",  # as `ros2 launch ... namespace:=front`: --evaluate must follow it
                  "-p", f"checkpoint:={checkpoint}", "-p", "backend:=torch", "-p", "num_threads:=1",
                  "-r", f"image:={k2b.TOPIC_IMAGE}", "-r", f"camera_info:={k2b.TOPIC_CAMERA_INFO}",
                  "-r", f"odom:={k2b.TOPIC_ODOM}",
                  "-p", f"qos_overrides.{k2b.TOPIC_IMAGE}.subscription.reliability:=reliable",
-                 "-p", "qos_overrides./depth.publisher.reliability:=reliable"]
+                 "-p", "qos_overrides./front/depth.publisher.reliability:=reliable"]
     env = _env(tmp_path)
     env["ROS_DOMAIN_ID"] = str((DOMAIN % 200) + 1)
     log = open(tmp_path / "node.log", "w")
@@ -676,12 +690,14 @@ def test_replay_evaluate_scores_node_output_on_real_kitti(tmp_path, checkpoint, 
     try:
         out = tmp_path / "eval.json"
         r = subprocess.run([sys.executable, "-m", "semdepth_ros.replay", str(bag), "--rate", "0.5", "--evaluate",
+                            "--namespace", "front",
                             "--depth-reliable", "--wait-for", k2b.TOPIC_IMAGE, "--eval-wait", "20",
                             "--eval-out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stdout + r.stderr
         s = json.loads(out.read_text())
         assert s["frames"] >= 7 and s["unmatched"] == 0, s  # the one-slot mailbox may drop one
         assert 0 < s["median_scaled"]["abs_rel"] < 1.0 and 0 <= s["median_scaled"]["a1"] <= 1
+        assert "eval: scoring /front/depth" in r.stdout
         assert "eval summary:" in r.stdout and all(f["gt_pixels"] > 10_000 for f in s["per_frame"])
     finally:
         nodep.send_signal(signal.SIGINT)
