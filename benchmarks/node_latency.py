@@ -3,6 +3,7 @@
     python -m benchmarks.node_latency [--quick] [--frames N] [--warmup W] [--threads T]
                                       [--checkpoint LABEL=PATH ...] [--image-size WxH] [--name NAME]
                                       [--backends torch onnxruntime] [--models resnet18 ...]
+                                      [--transports raw compressed]
 
 For every (backend, model) the real `depth_node` process is started exactly as in production
 (`python -m semdepth_ros.node --ros-args --params-file config/depth.yaml ...`, network input
@@ -27,6 +28,10 @@ Models (randomly initialised; weights do not change the cost): resnet18, resnet1
 PAC guidance), mobilenetv2_sg, mobilenetv2_sg_compact (no MobileNetV2 1280-ch head, narrow decoder, half-
 width pose net; MobileNetV2 up to its 320-ch block 17). Checkpoints and the ONNX export cache live in runs/bench/node_latency/ so reruns
 skip the export (its one-off cost shows up as the node's start-up time).
+
+--transports raw compressed: also feed the node sensor_msgs/CompressedImage (JPEG, quality 90, as
+compressed_image_transport sends it) with `image_transport:=compressed`; the node's `time_ms.decode` is then the
+JPEG decode (for raw images it is the Image -> RGB conversion), reported as decode_ms.
 
 --quick: 2 runs (mobilenetv2_sg_compact on torch and on onnxruntime), 1 warm-up + 5 frames.
 Results: benchmarks/results/node_latency[_quick].json.
@@ -104,11 +109,13 @@ def ros_env(domain: int, log_dir: Path, threads: int | None = None) -> dict:
 
 
 def node_command(checkpoint: Path, backend: str, ns: str, image: str, info: str, odom: str,
-                 reliable_outputs=("points",), extra=()) -> list[str]:
+                 reliable_outputs=("points",), extra=(), transport: str = "raw") -> list[str]:
+    image_topic = image + "/compressed" if transport == "compressed" else image
     cmd = [sys.executable, "-m", "semdepth_ros.node", "--ros-args", "--params-file", str(REPO / "config/depth.yaml"),
            "-r", f"__ns:={ns}", "-p", f"checkpoint:={checkpoint}", "-p", f"backend:={backend}",
            "-r", f"image:={image}", "-r", f"camera_info:={info}", "-r", f"odom:={odom}",
-           "-p", f"qos_overrides.{image}.subscription.reliability:=reliable",
+           "-p", f"image_transport:={transport}",
+           "-p", f"qos_overrides.{image_topic}.subscription.reliability:=reliable",
            "-p", f"qos_overrides.{info}.subscription.reliability:=reliable",
            "-p", f"qos_overrides.{odom}.subscription.reliability:=reliable"]
     for t in reliable_outputs:
@@ -156,7 +163,7 @@ class Client:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
         self.rclpy = rclpy
         self.ns = ns.rstrip("/")
@@ -167,6 +174,7 @@ class Client:
         self.ex.add_node(self.node)
         rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_img = self.node.create_publisher(Image, image, rel)
+        self.pub_compressed = self.node.create_publisher(CompressedImage, image + "/compressed", rel)
         self.pub_info = self.node.create_publisher(CameraInfo, info, rel)
         self.pub_odom = self.node.create_publisher(Odometry, odom, rel)
         types = {"points": PointCloud2, "depth": Image, "semantic": Image, "depth/camera_info": CameraInfo}
@@ -280,7 +288,7 @@ def _stage_means(before: dict, after: dict, window: int = STAGE_WINDOW) -> tuple
 
 def run_config(model: str, backend: str, frames: int, warmup: int, threads: int, ckpt_dir: Path,
                log_dir: Path, start_timeout: float, frame_timeout: float, checkpoint: Path | None = None,
-               image_size: tuple[int, int] = (WIDTH, HEIGHT)) -> dict:
+               image_size: tuple[int, int] = (WIDTH, HEIGHT), transport: str = "raw") -> dict:
     """One (model, backend) run. `checkpoint`: a given checkpoint at its own input-size policy (else a random
     one of MODELS[model] at a fixed 640x192 network input); `image_size`: the published frames' (W, H)."""
     from semdepth_ros import conversions as C
@@ -292,12 +300,12 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
     extra = ["-p", "diagnostics_period:=0.25", "-p", f"num_threads:={threads}"]
     if checkpoint is None:
         extra += ["-p", f"input_height:={HEIGHT}", "-p", f"input_width:={WIDTH}"]
-    node = NodeProc(node_command(ckpt, backend, NS, IMG, INFO, ODOM, ("points",), extra), env,
-                    log_dir / f"node_{model}_{backend}.log")
+    node = NodeProc(node_command(ckpt, backend, NS, IMG, INFO, ODOM, ("points",), extra, transport), env,
+                    log_dir / f"node_{model}_{backend}_{transport}.log")
     cli = Client(domain, NS, IMG, INFO, ODOM, outputs=("points",))
     rgb, K = sample_image(*image_size)
     W_img, H_img = image_size
-    row = {"model": model, "backend": backend, "image": f"{W_img}x{H_img}"}
+    row = {"model": model, "backend": backend, "image": f"{W_img}x{H_img}", "transport": transport}
     try:
         t_start = time.monotonic()
         cli.wait_serving("points", start_timeout, node.alive)
@@ -314,9 +322,13 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
             t_ns = base + i * 100_000_000
             hdr = cli.header(t_ns)
             cli.pub_info.publish(C.make_camera_info(hdr, K, W_img, H_img))
-            msg = C.rgb_to_image_msg(rgb, hdr)
+            if transport == "compressed":
+                msg, pub = C.rgb_to_compressed_image_msg(rgb, hdr, fmt="jpeg", quality=90), cli.pub_compressed
+            else:
+                msg, pub = C.rgb_to_image_msg(rgb, hdr), cli.pub_img
+            row["message_bytes"] = len(msg.data)
             t_pub = time.monotonic()
-            cli.pub_img.publish(msg)
+            pub.publish(msg)
             cli.spin_until(lambda: t_ns in cli.arrival["points"], frame_timeout, f"points for frame {i}", node.alive)
             if i >= warmup:
                 lat.append((cli.arrival["points"][t_ns] - t_pub) * 1e3)
@@ -332,7 +344,7 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
             "frames": frames, "fps": frames / (t_end - t_loop),
             "e2e_ms_mean": e2e, "e2e_ms_median": float(np.median(lat)), "e2e_ms_p90": float(np.percentile(lat, 90)),
             "e2e_ms_min": float(lat.min()), "e2e_ms_max": float(lat.max()),
-            "network_ms": net, "node_total_ms": total, "node_latency_ms": stages.get("latency", float("nan")),
+            "network_ms": net, "node_total_ms": total, "decode_ms": stages.get("decode", float("nan")), "node_latency_ms": stages.get("latency", float("nan")),
             "outside_e2e": 1.0 - net / e2e, "outside_node": 1.0 - net / total,
             "stages_ms": stages, "stage_means": how,
             "frames_dropped": int(after["frames_dropped"]), "frames_processed": int(after["frames_processed"]),
@@ -361,6 +373,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
                     help="measure this checkpoint (its own input-size policy) instead of the random models; repeatable")
     ap.add_argument("--image-size", help="published frame size WxH (default 640x192; 1242x375 with --checkpoint)")
+    ap.add_argument("--transports", nargs="+", default=["raw"], choices=("raw", "compressed"),
+                    help="image input: raw Image and/or CompressedImage (JPEG) with image_transport:=compressed")
     ap.add_argument("--name", default="node_latency", help="result name (benchmarks/results/NAME.json)")
     args = ap.parse_args(argv)
     frames = args.frames or (5 if args.quick else 20)
@@ -379,20 +393,23 @@ def main(argv=None) -> int:
         runs = [("mobilenetv2_sg_compact", "torch"), ("mobilenetv2_sg_compact", "onnxruntime")]
     else:
         runs = [(m, b) for m in (args.models or list(MODELS)) for b in (args.backends or BACKENDS)]
+    runs = [(m, b, t) for m, b in runs for t in args.transports]
     log_dir = WORK / "logs"
     rows = []
     t0 = time.monotonic()
-    for model, backend in runs:
-        print(f"--- {model} / {backend}", flush=True)
+    for model, backend, transport in runs:
+        print(f"--- {model} / {backend} / {transport}", flush=True)
         row = run_config(model, backend, frames, warmup, args.threads, WORK / "ckpt", log_dir,
-                         args.start_timeout, args.frame_timeout, given.get(model), image_size)
+                         args.start_timeout, args.frame_timeout, given.get(model), image_size, transport)
         if "error" in row:
             print(f"    FAILED: {row['error']}\n{row.get('node_log_tail', '')}", flush=True)
         else:
             print(f"    e2e {row['e2e_ms_mean']:.1f} ms, network {row['network_ms']:.1f} ms, "
                   f"outside {100 * row['outside_e2e']:.1f} %, {row['fps']:.2f} FPS", flush=True)
         rows.append(row)
-    table = [{"model": r["model"], "backend": r["backend"], "image": r.get("image", ""), "fps": r.get("fps", float("nan")),
+    table = [{"model": r["model"], "backend": r["backend"], "image": r.get("image", ""),
+              "transport": r.get("transport", "raw"), "kB": r.get("message_bytes", 0) / 1e3,
+              "decode_ms": r.get("decode_ms", float("nan")), "fps": r.get("fps", float("nan")),
               "e2e_ms": r.get("e2e_ms_mean", float("nan")), "e2e_p90": r.get("e2e_ms_p90", float("nan")),
               "net_ms": r.get("network_ms", float("nan")), "node_total_ms": r.get("node_total_ms", float("nan")),
               "outside_e2e_%": 100 * r.get("outside_e2e", float("nan")),
@@ -407,7 +424,7 @@ def main(argv=None) -> int:
         "protocol": "one frame at a time over real DDS (reliable), latency = publish -> points received; "
                     "network_ms = node's time_ms.network mean over the measured frames",
         "target_outside_share": 0.10,
-        "target_met": {f"{r['model']}/{r['backend']}": r["outside_e2e"] <= 0.10 for r in ok},
+        "target_met": {f"{r['model']}/{r['backend']}/{r['transport']}": r["outside_e2e"] <= 0.10 for r in ok},
         "wall_s": time.monotonic() - t0, "table": table, "runs": rows, "table_text": text,
     }
     path = write_result(args.name, payload, quick=args.quick)

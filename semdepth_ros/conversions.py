@@ -127,6 +127,66 @@ def image_msg_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(px, px.shape[:2] + (3,)))
 
 
+COMPRESSED_FORMATS = ("jpeg", "png")
+
+
+def compressed_format(fmt: str) -> str:
+    """The codec of a sensor_msgs/CompressedImage `format` ('jpeg', 'png', 'bgr8; jpeg compressed bgr8', ...)."""
+    f = str(fmt).strip().lower()
+    if "compresseddepth" in f:
+        raise ImageConversionError(f"format {fmt!r} is a compressedDepth stream (a depth image, not a camera "
+                                   "image)", "encoding")
+    codec = f.split(";")[-1].strip().split(" ")[0] if f else ""
+    codec = {"jpg": "jpeg"}.get(codec, codec)
+    if codec not in COMPRESSED_FORMATS:
+        raise ImageConversionError(f"unsupported CompressedImage format {fmt!r} (supported: jpeg, png)", "encoding")
+    return codec
+
+
+def compressed_image_msg_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg or png, colour or grey, 8 or 16 bit) -> HxWx3 uint8 RGB via OpenCV."""
+    import cv2
+
+    compressed_format(msg.format)
+    buf = _as_uint8_buffer(msg.data)
+    if buf.size == 0:
+        raise ImageConversionError("empty CompressedImage data", "truncated")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageConversionError(f"CompressedImage ({msg.format!r}, {buf.size} bytes) does not decode", "truncated")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageConversionError(f"CompressedImage decodes to {img.dtype}; expected 8 or 16 bit", "encoding")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.broadcast_to(img[..., None], img.shape + (3,)))
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR, as image_transport encodes bgr8
+
+
+def rgb_to_compressed_image_msg(rgb: np.ndarray, header=None, fmt: str = "jpeg", quality: int = 90):
+    """HxWx3 uint8 RGB -> sensor_msgs/CompressedImage as compressed_image_transport writes it (bgr8 jpeg/png)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected HxWx3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f"fmt must be one of {COMPRESSED_FORMATS}, got {fmt!r}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
+    ok, enc = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", np.ascontiguousarray(rgb[..., ::-1]), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {fmt}")
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = f"bgr8; {fmt} compressed bgr8"
+    msg.data = to_byte_array(enc.reshape(-1))
+    return msg
+
+
 def image_msg_to_array(msg) -> np.ndarray:
     """Any supported Image (also 32FC1 / 16UC1 depth) -> [H,W] or [H,W,C] array in native units."""
     if str(msg.encoding).strip() == "32FC1":
