@@ -64,12 +64,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError (zip), EOFError ...
-        raise CheckpointError(
-            f"{path}: refused or unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(exc).__name__}: {first})") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a semdepth checkpoint (format {data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
     return data

@@ -312,7 +312,7 @@ class DepthNode(LifecycleNode):
         for s in self._subs:
             self.destroy_subscription(s)
         for pub in self._pubs.values():
-            self.destroy_publisher(pub)
+            self.destroy_lifecycle_publisher(pub)  # also unregisters it from the lifecycle's managed entities
         self._subs, self._pubs = [], {}
         if self._qos_timer is not None:
             self.destroy_timer(self._qos_timer)

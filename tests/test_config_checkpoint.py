@@ -124,6 +124,17 @@ def test_not_a_checkpoint(tmp_path):
     p.write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError):
         load_checkpoint(p)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty file"):
+        load_checkpoint(empty)
+    good = tmp_path / "good.ckpt"
+    torch.save({"format": "x"}, good)
+    for n in (1, 10, 60):  # truncated zips: one clear line, whatever torch's own message is
+        cut = tmp_path / f"cut{n}.ckpt"
+        cut.write_bytes(good.read_bytes()[:n])
+        with pytest.raises(CheckpointError, match="refused or unreadable"):
+            load_checkpoint(cut)
     q = tmp_path / "other.ckpt"
     torch.save({"weights": torch.zeros(1)}, q)
     with pytest.raises(CheckpointError, match="not a semdepth checkpoint"):
