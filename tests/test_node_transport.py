@@ -275,3 +275,37 @@ def test_node_is_a_plain_lifecycle_node_class_over_ros_free_modules():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
+def test_configure_cleanup_cycles_leave_no_publishers_behind(checkpoint):
+    """Each configure creates 5 lifecycle publishers, 3 subscriptions and a timer; cleanup must remove all of them
+    from the node and from the lifecycle's managed entities (the publishers leaked there before)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from semdepth_ros.node import DepthNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=221)  # outside the 1..200 the DDS tests draw from
+    try:
+        node = DepthNode(context=ctx, parameter_overrides=[
+            rclpy.parameter.Parameter("checkpoint", value=str(checkpoint)),
+            rclpy.parameter.Parameter("backend", value="torch"),
+            rclpy.parameter.Parameter("autostart", value=False)])
+
+        def counts():
+            return (len(list(node.publishers)), len(list(node.subscriptions)), len(list(node.timers)),
+                    len(node._managed_entities))
+
+        before = counts()
+        for _ in range(4):
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            assert counts()[0] == before[0] + 5 and counts()[3] == before[3] + 5
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+            assert counts() == before
+        node.shutdown_cleanly()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
