@@ -81,6 +81,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 
+from semdepth_core.validation import depth_problem, intrinsics_problem, scale_problem, speed_problem
 from semdepth_ros import conversions as C
 from semdepth_ros.params import (  # noqa: F401 - re-exported for users of the node module
     BACKENDS,
@@ -126,7 +127,9 @@ class DepthNode(LifecycleNode):
         self.load_error: str | None = None
         self.param_error: str | None = None
         self.stats = {"received": 0, "processed": 0, "skipped_no_subscribers": 0, "bad_images": 0,
-                      "failed": 0, "lost_in_transport": 0}
+                      "failed": 0, "lost_in_transport": 0, "bad_camera_info": 0, "bad_odometry": 0,
+                      "implausible_output": 0}
+        self._last_image = None  # monotonic time of the last image (or of activation)
         self._qos_timer = None
         self._image_fallback = self._image_fallback_done = False
         self._worker: threading.Thread | None = None
@@ -286,6 +289,7 @@ class DepthNode(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="depth_worker", daemon=True)
         self._worker.start()
+        self._last_image = time.monotonic()  # the input timeout counts from activation
         self._active = True
         self._state = "active"
         return super().on_activate(state)
@@ -346,17 +350,28 @@ class DepthNode(LifecycleNode):
         if not self._active:
             return
         self.stats["received"] += 1
-        self.mailbox.put((msg, time.monotonic()))
+        self._last_image = time.monotonic()
+        self.mailbox.put((msg, self._last_image))
 
     def _on_camera_info(self, msg) -> None:
+        K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+        if not (K == 0).all():  # all zero = an uncalibrated camera: kept, and reported where K is needed
+            reason = intrinsics_problem(K, int(msg.width), int(msg.height))
+            if reason:
+                self.stats["bad_camera_info"] += 1
+                self.err_log("camera_info", f"CameraInfo on {self.resolve_topic_name('camera_info')} rejected: "
+                                            f"{reason}; keeping the previous one")
+                return
         with self._lock:
             self._camera_info = msg
 
     def _on_odom(self, msg) -> None:
         speed = twist_speed(msg)
-        if not math.isfinite(speed):
-            self.err_log("odom", f"odometry on {self.resolve_topic_name('odom')} has a non-finite twist "
-                                f"({msg.twist.twist.linear.x}, {msg.twist.twist.linear.y}, "
+        reason = speed_problem(speed, self.p("scale.max_speed"))
+        if reason:
+            self.stats["bad_odometry"] += 1
+            self.err_log("odom", f"odometry on {self.resolve_topic_name('odom')} rejected: {reason} (twist "
+                                f"{msg.twist.twist.linear.x}, {msg.twist.twist.linear.y}, "
                                 f"{msg.twist.twist.linear.z}); ignored")
             return
         t = stamp_ns(msg.header) or self.get_clock().now().nanoseconds
@@ -408,6 +423,13 @@ class DepthNode(LifecycleNode):
         scale = self._update_scale(rgb, stamp_ns(msg.header), depth_net, K_net)
         if model_check and K_net is not None:
             self._check_model_scale(depth_net, K_net)
+        problem = depth_problem(pred.depth, self.predictor.min_depth, self.predictor.max_depth) or (
+            None if scale == 1.0 else scale_problem(scale))
+        if problem:  # never published as if it were good
+            self.stats["implausible_output"] += 1
+            self.err_log("output", f"frame {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} not published: "
+                                   f"{problem}")
+            return
         depth = pred.depth if scale == 1.0 else pred.depth * np.float32(scale)
         t3 = time.perf_counter()
         if ground_check:
@@ -615,6 +637,9 @@ class DepthNode(LifecycleNode):
 
     def _use_estimate(self, value: float | None) -> float:
         """Scale to publish with from an estimator's value: model units (1.0) until there is one."""
+        if value is not None and scale_problem(float(value)):
+            self.err_log("scale_estimate", f"scale estimate rejected: {scale_problem(float(value))}; model units")
+            value = None
         if value is None:
             self._scale_known = False
             self._scale_value = 1.0
@@ -637,6 +662,14 @@ class DepthNode(LifecycleNode):
         return 1.0 if (self.predictor is not None and self.predictor.is_metric) else 0.0
 
     # -------------------------------------------------------------------- diagnostics
+    def _waiting_for_input(self) -> float | None:
+        """Seconds without an image while active with a subscriber waiting, when over input_timeout (else None)."""
+        if self._state != "active" or self._last_image is None or not any(self._subscribed().values()):
+            return None
+        idle = time.monotonic() - self._last_image
+        return idle if idle > self.p("input_timeout") else None
+
+    # -------------------------------------------------------------------- diagnostics
     def publish_diagnostics(self) -> None:
         st = DiagnosticStatus()
         st.name = f"{self.get_name()}: inference"
@@ -652,6 +685,10 @@ class DepthNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.ERROR, self.load_error or f"invalid parameters: {self.param_error}"
         elif self._state != "active":
             st.level, st.message = DiagnosticStatus.WARN, f"{self._state}: not serving"
+        elif self._waiting_for_input() is not None:
+            st.level = DiagnosticStatus.WARN
+            st.message = (f"no input: no image on {self.image_topic()} for {self._waiting_for_input():.1f} s "
+                          "while outputs have subscribers")
         elif recent_err:
             st.level = DiagnosticStatus.WARN
             st.message = "serving; recent errors: " + " | ".join(recent_err.values())
@@ -680,6 +717,9 @@ class DepthNode(LifecycleNode):
             "image_qos": ("best_effort (fallback)" if self._image_fallback_done else self.p("image_qos")),
             "frames_skipped_no_subscribers": self.stats["skipped_no_subscribers"],
             "bad_images": self.stats["bad_images"],
+            "bad_camera_info": self.stats["bad_camera_info"],
+            "bad_odometry": self.stats["bad_odometry"],
+            "implausible_output": self.stats["implausible_output"],
             "failed_frames": self.stats["failed"],
             "rate_hz": f"{rate:.2f}",
             "scale.mode": self.p("scale.mode"),

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from semdepth_core.validation import scale_problem
+
 NODE_NAME = "depth_node"
 SCALE_MODES = ("none", "model", "fixed", "odometry", "camera_height")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -87,10 +89,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("points.max_range", 80.0, "drop points with depth > this (m)", _positive),
     ParamSpec("points.exclude_labels", [10], "semantic trainIds left out of the cloud (10 = sky)", _labels),
     ParamSpec("scale.mode", "none", f"metric scale: {list(SCALE_MODES)}", _in(SCALE_MODES)),
-    ParamSpec("scale.value", 1.0, "scale factor for scale.mode fixed", _positive),
+    ParamSpec("scale.value", 1.0, "scale factor for scale.mode fixed (1e-4..1e4)",
+              lambda v: scale_problem(float(v)) if isinstance(v, (int, float)) else f"must be a number, got {v!r}"),
     ParamSpec("scale.window", 30, "odometry / camera_height scale: rolling-median window (frame pairs / frames)",
               lambda v: None if 1 <= v <= 10000 else f"must be in 1..10000, got {v}"),
     ParamSpec("scale.min_speed", 1.0, "odometry scale: hold the estimate below this speed (m/s)", _non_negative),
+    ParamSpec("scale.max_speed", 100.0, "odometry: speeds above this (m/s) are implausible and rejected", _positive),
     ParamSpec("scale.outlier_ratio", 0.3, "odometry scale: reject ratios off the median by more than this "
               "(relative, in log space)", _positive),
     ParamSpec("scale.odom_timeout", 0.5, "odometry scale: max |odom stamp - image stamp| (s)", _positive),
@@ -115,6 +119,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ground_check.camera_height", 1.65, "ground check: camera height (m) used to make scale-free depth "
               "metric before the margin test (unused when the metric scale is known)", _positive),
     ParamSpec("diagnostics_period", 1.0, "period of /diagnostics (s)", _positive, read_only=True),
+    ParamSpec("input_timeout", 2.0, "/diagnostics WARN 'no input' when an output has a subscriber and no image "
+              "arrived for this long (s)", _positive),
     ParamSpec("error_log_period", 5.0, "repeated errors of one kind are logged at most once per period (s)",
               _positive),
 )

@@ -1,0 +1,133 @@
+"""Adversarial inputs that are finite, well-formed messages and still absurd: each is rejected and counted, and
+/diagnostics is never OK while the output is wrong. The shared plausibility checks (semdepth_core.validation),
+then the real node over real DDS."""
+from __future__ import annotations
+
+import math
+import signal
+
+import numpy as np
+import pytest
+
+from semdepth_core.validation import depth_problem, intrinsics_problem, scale_problem, speed_problem
+
+KITTI_K = np.array([[721.5, 0, 609.6], [0, 721.5, 172.9], [0, 0, 1]])
+
+
+def test_intrinsics_plausibility():
+    assert intrinsics_problem(KITTI_K, 1242, 375) is None
+    assert intrinsics_problem(KITTI_K * [[0.5], [0.5], [1]], 621, 188) is None
+    for fx in (1e-300, 1e-3, 1e300, -721.5):
+        K = KITTI_K.copy()
+        K[0, 0] = K[1, 1] = fx
+        assert "implausible" in intrinsics_problem(K, 1242, 375), fx
+    K = KITTI_K.copy()
+    K[1, 1] = 100.0
+    assert "fy/fx" in intrinsics_problem(K, 1242, 375)
+    K = KITTI_K.copy()
+    K[0, 2] = 1e6
+    assert "principal point" in intrinsics_problem(K, 1242, 375)
+    K = KITTI_K.copy()
+    K[2, 2] = math.nan
+    assert "NaN" in intrinsics_problem(K, 1242, 375)
+    assert "not positive" in intrinsics_problem(KITTI_K, 0, 375)
+
+
+def test_speed_scale_and_depth_plausibility():
+    assert speed_problem(0.0) is None and speed_problem(33.0) is None
+    for v in (1e30, 101.0, -1.0, math.nan, math.inf):
+        assert speed_problem(v) is not None, v
+    assert speed_problem(150.0, max_speed=200.0) is None
+    for s in (1e308, 1e39, 1e-300, 1e-46, 0.0, math.inf):
+        assert scale_problem(s) is not None, s
+    assert scale_problem(1.0) is None and scale_problem(37.5) is None
+    d = np.full((10, 20), 12.0, np.float32)
+    assert depth_problem(d, 0.1, 100.0) is None
+    d[:6] = np.nan
+    assert "40 %" in depth_problem(d, 0.1, 100.0)
+    assert depth_problem(np.full((4, 4), 3.5e29, np.float32), 0.1, 100.0) is not None
+    assert depth_problem(np.full((4, 4), 1e-9, np.float32), 0.1, 100.0) is not None
+
+
+# ----------------------------------------------------------------------------------------- the node
+rclpy = pytest.importorskip("rclpy")
+
+from semdepth_ros import conversions as C  # noqa: E402
+from semdepth_ros import node as N  # noqa: E402
+from test_node import NodeProcess, _reliable_overrides, _wait_serving, checkpoint, kitti_frames, probe  # noqa: E402,F401
+
+
+def test_scale_value_parameter_rejects_absurd_factors():
+    for v in (1e308, 1e39, 1e-300, 1e-46):
+        assert "scale.value: scale" in N.check_parameter("scale.value", v), v
+    assert N.check_parameter("scale.value", 2.5) is None
+
+
+@pytest.mark.ros
+def test_absurd_camera_info_odometry_and_scale_are_rejected_and_reported(tmp_path, checkpoint, kitti_frames, probe):
+    frames, K = kitti_frames
+    rgb = frames[0][:128, :416].copy()
+    Kc = K.copy()
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "diagnostics_period:=0.5", "-p", "error_log_period:=60.0",
+                                              "-p", "scale.mode:=odometry"] + _reliable_overrides("depth", "points"))
+    try:
+        _wait_serving(probe, node)
+        probe.warm_up(rgb, Kc, ["depth", "points"], sec=1)
+        # fx = fy = 1e-300: finite, positive, and every point would be +-inf; the previous CameraInfo stays
+        tiny = Kc.copy()
+        tiny[0, 0] = tiny[1, 1] = 1e-300
+        probe.send(rgb, 2, tiny)
+        probe.wait_output(2)
+        cloud = probe.wait_output(2, "points", timeout=10)
+        xyz = C.pointcloud2_to_array(cloud)
+        pts = np.stack([xyz["x"], xyz["y"], xyz["z"]], -1).reshape(-1, 3)
+        assert np.isfinite(pts).any() and not np.isinf(pts).any()
+        # 1e30 m/s odometry: rejected, so no scale from it
+        from nav_msgs.msg import Odometry
+
+        for sec in (3, 4):
+            od = Odometry()
+            od.header = probe.header(sec)
+            od.twist.twist.linear.x = 1e30
+            probe.pub_odom.publish(od)
+            probe.send(rgb, sec, Kc)
+            probe.wait_output(sec)
+        probe.spin_until(lambda: probe.diag().get("bad_odometry") == "2" and probe.diag().get("bad_camera_info") == "1",
+                         10, "the rejections counted")
+        d = probe.diag()
+        assert d["scale.known"] == "False" and d["_level"] != b"\x00"
+        assert float(d["scale.value"]) == 1.0  # model units, said so
+        log = node.log()
+        assert "CameraInfo on /cam/camera_info rejected: fx=1e-300 is implausible" in log
+        assert "speed 1e+30 m/s is outside 0..100 m/s" in log
+        # absurd scale factors never reach the node's state
+        for v in (1e308, 1e-46):
+            res = probe.set_params(scale__value=v)
+            assert not res[0].successful and "scale.value" in res[0].reason
+    finally:
+        assert node.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.ros
+def test_no_input_is_a_warning_not_ok(tmp_path, checkpoint, kitti_frames, probe):
+    """A subscriber waits and no image arrives (e.g. a best-effort stream whose frames are all lost): WARN."""
+    frames, K = kitti_frames
+    rgb = frames[0][:128, :416].copy()
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "diagnostics_period:=0.5", "-p", "input_timeout:=1.0"]
+                       + _reliable_overrides("depth"))
+    try:
+        _wait_serving(probe, node)
+        probe.spin_until(lambda: probe.got["diag"] and "no input" in probe.diag()["_message"], 20, "no-input WARN")
+        assert probe.diag()["_level"] == b"\x01"
+        probe.warm_up(rgb, K, ["depth"], sec=1)
+        seen_ok = False
+        for sec in range(2, 60):  # a live 5 Hz stream: no longer "no input"
+            probe.send(rgb, sec)
+            probe.spin_for(lambda: False, 0.2)
+            if "no input" not in probe.diag()["_message"] and int(probe.diag()["frames_processed"]) > 1:
+                seen_ok = True
+                break
+        assert seen_ok, probe.diag()
+        probe.spin_until(lambda: "no input" in probe.diag()["_message"], 10, "no-input WARN after the stream stops")
+    finally:
+        assert node.stop(signal.SIGINT) == 0
