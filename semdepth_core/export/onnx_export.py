@@ -202,9 +202,16 @@ def _finalise(data: bytes, meta: dict[str, str]):
     return model
 
 
-def _write_model(model, path: Path) -> None:
+def _write_model(model, path: Path, sidecar: bool = False) -> None:
     data = model.SerializeToString()
-    atomic_write_bytes(path, lambda f: f.write(data))
+    if sidecar:
+        from semdepth_core.export.cache_integrity import record_integrity, sidecar_path
+
+        sidecar_path(path).unlink(missing_ok=True)  # never leave an old record beside new bytes
+        atomic_write_bytes(path, lambda f: f.write(data))
+        record_integrity(path, data)
+    else:
+        atomic_write_bytes(path, lambda f: f.write(data))
 
 
 def read_metadata(path_or_model) -> dict[str, str]:
@@ -217,8 +224,10 @@ def read_metadata(path_or_model) -> dict[str, str]:
 
 
 def export_loaded(models, out: str | Path, net_size: tuple[int, int], pac: str = "decomposed",
-                  logits: bool = False, pose: bool = True) -> ExportResult:
-    """Export already-loaded models (infer.loading.LoadedModels) at net_size=(W, H)."""
+                  logits: bool = False, pose: bool = True, sidecar: bool = False) -> ExportResult:
+    """Export already-loaded models (infer.loading.LoadedModels) at net_size=(W, H).
+
+    sidecar: also write `<graph>.sha256` integrity records (export cache; see cache_integrity)."""
     if pac not in PAC_MODES:
         raise ValueError(f"pac must be one of {PAC_MODES}, got {pac!r}")
     w, h = net_size
@@ -245,7 +254,7 @@ def export_loaded(models, out: str | Path, net_size: tuple[int, int], pac: str =
         found = sum(n.op_type == CUSTOM_OP and n.domain == CUSTOM_DOMAIN for n in model.graph.node)
         if found != n_pac:
             raise RuntimeError(f"custom-op export produced {found} {CUSTOM_DOMAIN}::{CUSTOM_OP} nodes for {n_pac} PAC layers")
-    _write_model(model, out)
+    _write_model(model, out, sidecar)
 
     pose_path = None
     if pose and models.pose_net is not None:
@@ -256,7 +265,7 @@ def export_loaded(models, out: str | Path, net_size: tuple[int, int], pac: str =
         with torch.no_grad():
             pdata = _to_onnx_bytes(pg, (x, *[torch.rand(1, 3, h, w) for _ in ctx_names]), ["tgt", *ctx_names],
                                    ["pose"], custom=False)
-        _write_model(_finalise(pdata, {**meta, "graph": "pose", "outputs": "pose"}), pose_path)
+        _write_model(_finalise(pdata, {**meta, "graph": "pose", "outputs": "pose"}), pose_path, sidecar)
     return ExportResult(out, pose_path, outputs, pac, n_pac)
 
 

@@ -5,7 +5,10 @@
   serialised engine and caches it on disk. The cache key is
   sha256(onnx bytes) + TensorRT version + GPU compute capability + precision + input shape, so a
   changed model, TensorRT upgrade or different GPU never reuses a stale engine. Engines and the
-  shared timing cache (which makes rebuilds much faster) are written atomically.
+  shared timing cache (which makes rebuilds much faster) are written atomically. Each engine gets a
+  `<engine>.sha256` record (size + sha256) written after it; a cached engine that does not match
+  it (or, without a record, does not deserialise) is deleted and rebuilt with a WARNING, an
+  unreadable timing cache is dropped, and stale `*.tmp` leftovers are swept (cache_integrity.py).
 * INT8: `ImageDirCalibrator` (an IInt8EntropyCalibrator2) feeds preprocessed images from a
   directory, with its calibration table cached beside the engines.
 * CLI: `python -m semdepth_core.export tensorrt --build-only --onnx model.onnx [--fp16]
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from semdepth_core.checkpoint import atomic_write_bytes
+from semdepth_core.export.cache_integrity import (GraphFileError, check_integrity, discard, record_integrity,
+                                                  sidecar_path, sweep_stale_tmp)
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +175,26 @@ def build_engine(onnx_path: str | Path, precision: str = "fp32", cache_dir: str 
     trt = _trt()
     onnx_path = Path(onnx_path)
     onnx_bytes = onnx_path.read_bytes()
-    model = onnx.load_from_string(onnx_bytes)
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+    except Exception as exc:  # google.protobuf DecodeError
+        raise GraphFileError(f"{onnx_path}: not a valid ONNX graph ({type(exc).__name__}: {exc}); the file is "
+                             "truncated or corrupt, re-export it") from None
+    if not model.graph.node:
+        raise GraphFileError(f"{onnx_path}: not a valid ONNX graph (no graph nodes in {len(onnx_bytes)} bytes); "
+                             "the file is truncated or corrupt, re-export it")
     shapes = onnx_input_shapes(model)
     cap = compute_capability()
     key = engine_cache_key(onnx_bytes, trt.__version__, cap, precision, shapes)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
+    sweep_stale_tmp(root)
     engine_path = root / f"{onnx_path.stem}_{precision}_{cap}_{key[:20]}.engine"
     if engine_path.is_file() and not force:
-        log.info("TensorRT engine cache hit: %s", engine_path)
-        return engine_path
+        problem = _cached_engine_problem(engine_path)
+        if problem is None:
+            log.info("TensorRT engine cache hit: %s", engine_path)
+            return engine_path
+        discard(engine_path, "cached TensorRT engine", problem, "rebuilding it")
     if precision == "int8" and calib_dir is None:
         raise ValueError(f"no cached int8 engine for {onnx_path}; building one needs calib_dir "
                          "(a directory of calibration images)")
@@ -198,7 +214,7 @@ def build_engine(onnx_path: str | Path, precision: str = "fp32", cache_dir: str 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     timing_path = root / f"timing_{cap}_trt{trt.__version__}.cache"
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+    timing = _timing_cache(config, timing_path)
     config.set_timing_cache(timing, ignore_mismatch=False)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # int8 engines keep fp16 for layers without int8 kernels
@@ -210,11 +226,47 @@ def build_engine(onnx_path: str | Path, precision: str = "fp32", cache_dir: str 
     if serialized is None:
         raise RuntimeError(f"TensorRT engine build failed for {onnx_path} ({precision}); see the TensorRT log above")
     data = bytes(serialized)
+    sidecar_path(engine_path).unlink(missing_ok=True)  # never leave an old record beside new bytes
     atomic_write_bytes(engine_path, lambda f: f.write(data))
+    record_integrity(engine_path, data)
     tc = bytes(config.get_timing_cache().serialize())
     atomic_write_bytes(timing_path, lambda f: f.write(tc))
     log.info("built TensorRT engine %s (%s, %d PAC plugin nodes)", engine_path, precision, n_pac)
     return engine_path
+
+
+def _timing_cache(config, timing_path: Path):
+    """The builder's timing cache from `timing_path`; an unreadable one is dropped (WARNING) and
+    replaced by an empty cache (it only speeds builds up)."""
+    raw = timing_path.read_bytes() if timing_path.is_file() else b""
+    timing, why = None, "rejected by TensorRT"
+    try:
+        timing = config.create_timing_cache(raw)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    if timing is None and raw:
+        discard(timing_path, "TensorRT timing cache", why, "starting an empty one")
+        timing = config.create_timing_cache(b"")
+    return timing
+
+
+def _cached_engine_problem(engine_path: Path) -> str | None:
+    """Why a cached engine cannot be used (None when it can): its size + sha256 record, or, for
+    engines cached without one, a deserialisation attempt (recording it on success)."""
+    status, reason = check_integrity(engine_path)
+    if status == "ok":
+        return None
+    if status == "bad":
+        return reason
+    try:
+        load_engine(engine_path)
+    except Exception as exc:
+        return f"{reason}, deserialisation failed: {type(exc).__name__}: {exc}"
+    try:
+        record_integrity(engine_path)
+    except OSError as exc:
+        log.info("could not record the integrity of %s (%s)", engine_path, exc)
+    return None
 
 
 def load_engine(engine_path: str | Path):

@@ -3,6 +3,10 @@ or CUDAExecutionProvider when the device is CUDA and the provider is present.
 
 Graphs come from `onnx_path` (checked against the checkpoint through their metadata) or are
 exported on first use into a cache directory keyed by the checkpoint's sha256 and the input size.
+Cached graphs are checked against the size + sha256 recorded when they were written (or loaded, for
+caches without that record) and re-exported with a WARNING when corrupt; stale `*.tmp` leftovers
+of interrupted writes are swept (export/cache_integrity.py). A corrupt user-supplied graph raises
+GraphFileError naming it and is left alone.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semdepth_core.export.cache_integrity import cached_onnx_problem, discard, load_onnx_checked, sweep_stale_tmp
 from semdepth_core.export.onnx_export import export_loaded, pose_graph_path, read_metadata
 
 log = logging.getLogger(__name__)
@@ -23,8 +28,9 @@ def default_cache_dir() -> Path:
 
 
 def check_graph_matches(path: Path, models, net_size: tuple[int, int], need_decomposed: bool) -> None:
-    """Raise ValueError when an exported graph is not this checkpoint / size / PAC mode."""
-    meta = read_metadata(path)
+    """Raise ValueError when an exported graph is not this checkpoint / size / PAC mode
+    (GraphFileError, a ValueError, when it is no loadable graph at all)."""
+    meta = read_metadata(load_onnx_checked(path))
     w, h = net_size
     sha = meta.get("checkpoint_sha256")
     if sha is not None and sha != models.checkpoint_sha256:
@@ -38,14 +44,26 @@ def check_graph_matches(path: Path, models, net_size: tuple[int, int], need_deco
 
 
 def cached_onnx_paths(models, net_size: tuple[int, int], cache_dir: str | Path | None, pac: str) -> Path:
-    """Depth-graph path in the cache for (checkpoint, size, pac); exported (atomically) if missing."""
+    """Depth-graph path in the cache for (checkpoint, size, pac); exported (atomically) if missing
+    or corrupt (WARNING naming the file); stale temp files in the cache are swept first."""
     w, h = net_size
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = root / "onnx" / f"{models.checkpoint_sha256[:16]}_{w}x{h}_{pac}.onnx"
-    need_pose = models.pose_net is not None
-    if not path.is_file() or (need_pose and not pose_graph_path(path).is_file()):
+    onnx_dir = root / "onnx"
+    sweep_stale_tmp(onnx_dir)
+    path = onnx_dir / f"{models.checkpoint_sha256[:16]}_{w}x{h}_{pac}.onnx"
+    graphs = [path] + ([pose_graph_path(path)] if models.pose_net is not None else [])
+    export = False
+    for g in graphs:
+        if not g.is_file():
+            export = True
+            continue
+        problem = cached_onnx_problem(g)
+        if problem is not None:
+            discard(g, "cached ONNX graph", problem, "re-exporting it from the checkpoint")
+            export = True
+    if export:
         log.info("exporting %s (%s PAC) to %s", models.checkpoint_path, pac, path)
-        export_loaded(models, path, net_size, pac=pac, logits=False, pose=True)
+        export_loaded(models, path, net_size, pac=pac, logits=False, pose=True, sidecar=True)
     return path
 
 
