@@ -256,3 +256,21 @@ def test_custom_graph_annotated_for_the_tensorrt_parser(custom):
     assert annotate_for_tensorrt(model) == n  # idempotent: no duplicate attributes
     assert all(len(node.attribute) == 7 for node in model.graph.node if node.domain == CUSTOM_DOMAIN)
     assert onnx_input_shapes(model) == {"rgb": (1, 3, CH, CW)}
+
+
+def test_enlarged_semantic_input_exports_and_matches_torch(tmp_path):
+    """semantic.input_scale != 1 (the default weights use 3): the exported graph resizes with constant sizes and
+    equals torch (a traced shape is a tensor; round() on it broke the export)."""
+    import numpy as np
+
+    from conftest import TINY_NODE_MODEL, write_test_checkpoint
+    from semdepth_core.infer import load_predictor
+
+    model = TINY_NODE_MODEL["model"]
+    cfg = {**TINY_NODE_MODEL, "model": {**model, "semantic": {**model["semantic"], "input_scale": 2.0}}}
+    ckpt = write_test_checkpoint(tmp_path / "scaled.ckpt", cfg)
+    rgb = (np.random.default_rng(0).random((100, 300, 3)) * 255).astype(np.uint8)
+    ort = load_predictor(ckpt, backend="onnxruntime", engine_cache_dir=tmp_path / "cache").predict(rgb)
+    ref = load_predictor(ckpt, backend="torch").predict(rgb)
+    np.testing.assert_allclose(ort.inv_depth, ref.inv_depth, rtol=1e-4, atol=1e-6)
+    assert (ort.labels == ref.labels).mean() > 0.999

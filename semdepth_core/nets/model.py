@@ -121,7 +121,8 @@ class DepthModel(nn.Module):
         scale = float(self.cfg.semantic.input_scale)
         x = rgb01
         if scale != 1.0:
-            h, w = rgb01.shape[-2:]
+            # python ints: an exported graph is built per input size, and a traced shape is a tensor
+            h, w = (int(v) for v in rgb01.shape[-2:])
             x = F.interpolate(rgb01, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.semantic_frozen):
             out = self.semantic(x)
