@@ -47,7 +47,7 @@ class SyntheticConfig:
 @dataclass
 class SourceConfig:
     """One data source of `data.kind: mixed` (data.sources / data.val_sources)."""
-    kind: str = "kitti"  # kitti (KITTI raw layout) | odometry (KITTI odometry layout) | synthetic
+    kind: str = "kitti"  # kitti (KITTI raw layout) | odometry (KITTI odometry layout) | synthetic | rosbag (data.bag)
     root: str = ""  # kitti / odometry root ("" for synthetic: data.synthetic.cache_dir)
     split: str = ""  # kitti: split file (either format); empty = every frame with its context frames
     drives: list[str] = field(default_factory=list)  # kitti: only these drive folders (empty = all)
@@ -71,9 +71,30 @@ class HintConfig:
 
 
 @dataclass
+class BagConfig:
+    """data.kind rosbag: rosbag2 recordings (sqlite3 or mcap) under data.root (one bag or a folder of bags),
+    read with `rosbags` by semdepth_ros/bag_dataset.py (topics follow image_transport naming)."""
+    image_topic: str = "/camera/image_raw"  # sensor_msgs/Image; if absent, image_topic + "/compressed" (jpeg/png)
+    camera_info_topic: str = ""  # "" = the image topic's sibling: <namespace>/camera_info
+    odom_topic: str = ""  # nav_msgs/Odometry or geometry_msgs/TwistStamped: speed for velocity supervision ("" = none)
+    stereo_image_topic: str = ""  # data.stereo: the other camera of a rectified pair (its camera_info is its sibling)
+    # m, data.stereo: the other camera sits this far to the right (T_other_target x = -b); 0 = from the bag's /tf_static
+    stereo_baseline: float = 0.0
+    frame_period: float = 0.0  # s between a target and its context offset 1; 0 = each bag's median image interval
+    context_tolerance: float = 0.3  # a context image may be this fraction of frame_period away from its ideal time
+    odom_tolerance: float = 0.05  # s: max gap between an image and the odometry giving its speed
+    stereo_tolerance: float = 0.01  # s: max gap between the two images of a stereo pair
+    static_filter: str = "auto"  # auto (odometry if present, else image) | odometry | image | none
+    min_speed: float = 0.3  # m/s: slower targets are static (odometry filter)
+    min_image_change: float = 1.0  # mean |grey difference| (0-255, 64-px-wide thumbnails) to the previous frame
+    val_fraction: float = 0.0  # the last fraction of each bag (by time) is held out of training
+    index_cache: bool = True  # keep each bag's index in $SEMDEPTH_CACHE/bag_index (a restart skips the pass over it)
+
+
+@dataclass
 class DataConfig:
-    kind: str = "kitti"  # kitti | synthetic | mixed (data.sources)
-    root: str = ""  # KITTI raw root (holds YYYY_MM_DD folders)
+    kind: str = "kitti"  # kitti | synthetic | mixed (data.sources) | rosbag (data.root: bag or folder, data.bag)
+    root: str = ""  # KITTI raw root (holds YYYY_MM_DD folders); kind rosbag: a rosbag2 folder or a folder of them
     train_split: str = ""  # split file; empty = every frame with context under root
     val_root: str = ""  # empty = root
     val_split: str = ""
@@ -93,6 +114,7 @@ class DataConfig:
     depth_hints: bool = False  # SGBM depth of the stereo pair as `depth_hint` (loss.depth_hint_weight)
     cache_images: bool = False  # keep the resized training images in memory (small real sets: no PNG decoding per step)
     hints: HintConfig = field(default_factory=HintConfig)
+    bag: BagConfig = field(default_factory=BagConfig)
 
 
 @dataclass
@@ -216,7 +238,8 @@ class Config:
 
 
 _CHOICES = {
-    "data.kind": {"kitti", "synthetic", "mixed"},
+    "data.kind": {"kitti", "synthetic", "mixed", "rosbag"},
+    "data.bag.static_filter": {"auto", "odometry", "image", "none"},
     "data.gt_source": {"auto", "velodyne", "dense"},
     "model.depth_net": {"resnet18", "resnet50", "mobilenetv2", "packnet01"},
     "model.pose_net": {"posenet"},
@@ -327,6 +350,14 @@ def _validate_ranges(cfg: Config) -> None:
          "must be a positive multiple of 16 (OpenCV SGBM)"),
         ("data.hints.block_size", cfg.data.hints.block_size >= 1 and cfg.data.hints.block_size % 2 == 1,
          "must be odd and >= 1"),
+        ("data.bag.frame_period", cfg.data.bag.frame_period >= 0, "must be >= 0 (0 = the median image interval)"),
+        ("data.bag.context_tolerance", 0 < cfg.data.bag.context_tolerance < 0.5, "must be in (0, 0.5)"),
+        ("data.bag.odom_tolerance", cfg.data.bag.odom_tolerance > 0, "must be > 0"),
+        ("data.bag.stereo_tolerance", cfg.data.bag.stereo_tolerance > 0, "must be > 0"),
+        ("data.bag.min_speed", cfg.data.bag.min_speed >= 0, "must be >= 0"),
+        ("data.bag.min_image_change", cfg.data.bag.min_image_change >= 0, "must be >= 0"),
+        ("data.bag.val_fraction", 0 <= cfg.data.bag.val_fraction < 1, "must be in [0, 1)"),
+        ("data.bag.stereo_baseline", cfg.data.bag.stereo_baseline >= 0, "must be >= 0"),
         ("loss.scale_anchor_weight", cfg.loss.scale_anchor_weight >= 0, "must be >= 0"),
         ("loss.scale_anchor_depth", cfg.model.min_depth < cfg.loss.scale_anchor_depth < cfg.model.max_depth,
          "must lie strictly between model.min_depth and model.max_depth"),
@@ -346,8 +377,8 @@ def _validate_ranges(cfg: Config) -> None:
     for group in ("sources", "val_sources"):
         for i, src in enumerate(getattr(cfg.data, group)):
             key = f"data.{group}[{i}]"
-            if src.kind not in ("kitti", "odometry", "synthetic"):
-                raise ConfigError(f"{key}.kind: {src.kind!r} is not one of ['kitti', 'odometry', 'synthetic']")
+            if src.kind not in ("kitti", "odometry", "synthetic", "rosbag"):
+                raise ConfigError(f"{key}.kind: {src.kind!r} is not one of ['kitti', 'odometry', 'rosbag', 'synthetic']")
             if src.kind != "synthetic" and not src.root:
                 raise ConfigError(f"{key}.root: required for kind {src.kind}")
             if src.kind == "synthetic" and not src.seeds:
@@ -358,13 +389,20 @@ def _validate_ranges(cfg: Config) -> None:
                 raise ConfigError(f"{key}.frame_rate: must be > 0")
             if src.gt_source not in ("auto", "velodyne", "dense"):
                 raise ConfigError(f"{key}.gt_source: {src.gt_source!r} is not one of ['auto', 'dense', 'velodyne']")
-            valid_cams = (0, 1, 2, 3) if src.kind == "odometry" else (2, 3)
+            valid_cams = {"odometry": (0, 1, 2, 3), "rosbag": (2,)}.get(src.kind, (2, 3))
             if any(c not in valid_cams for c in src.cams):
                 raise ConfigError(f"{key}.cams: {src.cams} (a {src.kind} source has cameras {list(valid_cams)})")
     if cfg.data.kind == "mixed" and not cfg.data.sources:
         raise ConfigError("data.sources: data.kind mixed needs at least one source")
     if cfg.data.kind != "mixed" and (cfg.data.sources or cfg.data.val_sources):
         raise ConfigError("data.sources: only used with data.kind: mixed")
+    if cfg.data.kind == "rosbag":  # data.root is checked when the datasets are built (configs ship it empty)
+        if cfg.data.bag.static_filter == "odometry" and not cfg.data.bag.odom_topic:
+            raise ConfigError("data.bag.static_filter: odometry needs data.bag.odom_topic (or use image / auto)")
+        if cfg.data.stereo and not cfg.data.bag.stereo_image_topic:
+            raise ConfigError("data.bag.stereo_image_topic: data.stereo with rosbags needs the other camera's image topic")
+        if cfg.data.depth_hints:
+            raise ConfigError("data.depth_hints: not supported for data.kind rosbag")
     if cfg.data.stereo and cfg.loss.depth_normalization:
         raise ConfigError("data.stereo: the stereo context warps with metric depth; set loss.depth_normalization: false")
     if cfg.data.depth_hints and not cfg.data.stereo:

@@ -1,6 +1,7 @@
 """Convert a KITTI raw drive (`<date>/<date>_drive_XXXX_sync`) to a rosbag2 (mcap or sqlite3).
 
     python -m semdepth_ros.kitti_to_bag DRIVE_DIR OUT [--storage mcap|sqlite3] [--max-frames N]
+                                        [--image-format raw|jpeg|png [--jpeg-quality Q]]
 
 Pure Python (rosbags); no ROS installation is needed to write the bag. The bag is written to a
 temporary folder beside OUT and renamed into place when complete; an existing OUT is never
@@ -8,7 +9,10 @@ overwritten.
 
 Topics (one message per frame present on disk; cut-short drives are handled):
 
-    /kitti/camera_color_left/image_raw    sensor_msgs/Image rgb8 (rectified left colour camera, image_02)
+    /kitti/camera_color_left/image_raw    sensor_msgs/Image rgb8 (rectified left colour camera, image_02);
+                                           with --image-format jpeg|png instead
+    /kitti/camera_color_left/image_raw/compressed  sensor_msgs/CompressedImage "bgr8; jpeg compressed bgr8"
+                                           (as image_transport's compressed plugin records it; png lossless)
     /kitti/camera_color_left/camera_info  sensor_msgs/CameraInfo: K = P_rect_02[:3,:3], P = P_rect_02,
                                            D = 0 (plumb_bob), R = I - the images are already rectified
     /kitti/velo/pointcloud                sensor_msgs/PointCloud2 x, y, z, intensity (float32) in velo_link
@@ -147,6 +151,7 @@ class _Msgs:
         self.Time = t["builtin_interfaces/msg/Time"]
         self.Header = t["std_msgs/msg/Header"]
         self.Image = t["sensor_msgs/msg/Image"]
+        self.CompressedImage = t["sensor_msgs/msg/CompressedImage"]
         self.CameraInfo = t["sensor_msgs/msg/CameraInfo"]
         self.RegionOfInterest = t["sensor_msgs/msg/RegionOfInterest"]
         self.PointCloud2 = t["sensor_msgs/msg/PointCloud2"]
@@ -171,6 +176,17 @@ class _Msgs:
         h, w = rgb.shape[:2]
         return self.Image(header=self.header(ns, FRAME_CAMERA_OPTICAL), height=h, width=w, encoding="rgb8",
                           is_bigendian=0, step=3 * w, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1))
+
+    def compressed_image(self, ns: int, rgb: np.ndarray, fmt: str, quality: int):
+        """sensor_msgs/CompressedImage of `rgb` encoded as compressed_image_transport does (bgr8 jpeg / png)."""
+        import cv2
+
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
+        ok, enc = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", np.ascontiguousarray(rgb[..., ::-1]), params)
+        if not ok:
+            raise ConversionError(f"OpenCV could not encode a {rgb.shape} image as {fmt}")
+        return self.CompressedImage(header=self.header(ns, FRAME_CAMERA_OPTICAL),
+                                    format=f"bgr8; {fmt} compressed bgr8", data=enc.reshape(-1).astype(np.uint8))
 
     def camera_info(self, ns: int, P: np.ndarray, width: int, height: int):
         return self.CameraInfo(
@@ -245,9 +261,15 @@ def _stamps(drive: kitti.KittiDrive, sensor: str, frames: list[int], required: b
     return ns[frames]
 
 
+IMAGE_FORMATS = ("raw", "jpeg", "png")
+
+
 def convert(drive_dir: str | Path, out: str | Path, storage: str = "mcap", max_frames: int = 0,
-            log=print) -> dict:
-    """Write the bag; returns {topic: message count}. Raises ConversionError / KittiFormatError."""
+            log=print, image_format: str = "raw", jpeg_quality: int = 95) -> dict:
+    """Write the bag; returns {topic: message count}. Raises ConversionError / KittiFormatError.
+
+    image_format: "raw" writes sensor_msgs/Image rgb8 on TOPIC_IMAGE; "jpeg" / "png" write
+    sensor_msgs/CompressedImage on TOPIC_IMAGE + "/compressed" (jpeg at `jpeg_quality`)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     out = Path(out)
@@ -255,6 +277,13 @@ def convert(drive_dir: str | Path, out: str | Path, storage: str = "mcap", max_f
         raise ConversionError(f"{out} already exists; refusing to overwrite (remove it or pick another name)")
     if storage not in ("mcap", "sqlite3"):
         raise ConversionError(f"--storage must be mcap or sqlite3, got {storage!r}")
+    if image_format not in IMAGE_FORMATS:
+        raise ConversionError(f"--image-format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ConversionError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+    compressed = image_format != "raw"
+    image_topic = TOPIC_IMAGE + "/compressed" if compressed else TOPIC_IMAGE
+    image_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     drive = kitti.KittiDrive(drive_dir, cams=(CAM,))
     frames = drive.frames[:max_frames] if max_frames > 0 else list(drive.frames)
     if not frames:
@@ -295,7 +324,7 @@ def convert(drive_dir: str | Path, out: str | Path, storage: str = "mcap", max_f
             conns[topic] = writer.add_connection(topic, typ, typestore=typestore, offered_qos_profiles=qos)
 
         conn(TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage", latched)
-        conn(TOPIC_IMAGE, "sensor_msgs/msg/Image", volatile)
+        conn(image_topic, image_type, volatile)
         conn(TOPIC_CAMERA_INFO, "sensor_msgs/msg/CameraInfo", volatile)
         if velo_frames:
             conn(TOPIC_VELO, "sensor_msgs/msg/PointCloud2", volatile)
@@ -328,7 +357,7 @@ def convert(drive_dir: str | Path, out: str | Path, storage: str = "mcap", max_f
                 events.append((int(ns), 1, TOPIC_ODOM, (T_rel[k], packets[k]), f))
         events.sort(key=lambda e: (e[0], e[1]))
 
-        types = {TOPIC_TF_STATIC: "tf2_msgs/msg/TFMessage", TOPIC_IMAGE: "sensor_msgs/msg/Image",
+        types = {TOPIC_TF_STATIC: "tf2_msgs/msg/TFMessage", TOPIC_IMAGE: image_type,
                  TOPIC_CAMERA_INFO: "sensor_msgs/msg/CameraInfo", TOPIC_VELO: "sensor_msgs/msg/PointCloud2",
                  TOPIC_ODOM: "nav_msgs/msg/Odometry", TOPIC_TF: "tf2_msgs/msg/TFMessage"}
         image_size = None
@@ -339,7 +368,10 @@ def convert(drive_dir: str | Path, out: str | Path, storage: str = "mcap", max_f
             elif topic == TOPIC_IMAGE:
                 rgb = drive.load_image(ev[4], CAM)
                 image_size = (rgb.shape[1], rgb.shape[0])
-                write(topic, types[topic], ns, M.image(ns, rgb))
+                if compressed:
+                    write(image_topic, image_type, ns, M.compressed_image(ns, rgb, image_format, jpeg_quality))
+                else:
+                    write(topic, types[topic], ns, M.image(ns, rgb))
             elif topic == TOPIC_CAMERA_INFO:
                 if image_size is None:  # size from the image itself (read once ahead of the first frame)
                     rgb = drive.load_image(ev[4], CAM)
@@ -366,10 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="output bag folder (must not exist)")
     ap.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     ap.add_argument("--max-frames", type=int, default=0, help="convert only the first N frames (0 = all)")
+    ap.add_argument("--image-format", choices=IMAGE_FORMATS, default="raw",
+                    help="raw: sensor_msgs/Image rgb8 (default); jpeg/png: sensor_msgs/CompressedImage on "
+                         "<image topic>/compressed")
+    ap.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 (default 95)")
     args = ap.parse_args(argv)
     try:
         counts = convert(args.drive_dir, args.out, args.storage, args.max_frames,
-                         log=lambda m: print(m, file=sys.stderr))
+                         log=lambda m: print(m, file=sys.stderr), image_format=args.image_format,
+                         jpeg_quality=args.jpeg_quality)
     except (ConversionError, kitti.KittiFormatError, OSError) as exc:
         print(f"kitti_to_bag: error: {exc}", file=sys.stderr)
         return 1

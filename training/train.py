@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 -m training.train --config ...   # DistributedDataParallel
 
 Outputs under `train.out_dir/train.name/`: `last.ckpt`, `best.ckpt` (by val abs_rel), `log.jsonl`
-(one line per step), `config.yaml`, `tb/` (TensorBoard). `--resume` continues exactly: model,
+(one line per step), `config.yaml`, `tb/` (TensorBoard), and with `data.kind: rosbag` `bag_summary.json`
+(kept and dropped targets per bag, with reasons). `--resume` continues exactly: model,
 optimiser, scheduler, step counters, position inside the epoch and every RNG state are restored.
 """
 from __future__ import annotations
@@ -263,6 +264,9 @@ def build_datasets(cfg: Config, rank: int, world: int):
             dist.barrier()
         return build_mixed_datasets(cfg, verbose=rank == 0)
 
+    if cfg.data.kind == "rosbag":
+        return build_rosbag_datasets(cfg, verbose=rank == 0)
+
     if not cfg.data.root:
         raise ConfigError("data.root: required for data.kind: kitti")
     root = resolve_path(cfg.data.root)
@@ -272,6 +276,38 @@ def build_datasets(cfg: Config, rank: int, world: int):
         val_root = resolve_path(cfg.data.val_root) if cfg.data.val_root else root
         val = make_kitti_dataset(cfg, val_root, cfg.data.val_split, training=False, with_gt=True)
     return train, val
+
+
+def build_rosbag_datasets(cfg: Config, verbose: bool = True):
+    """data.kind rosbag: training targets from the rosbag2 recording(s) at data.root (semdepth_ros.bag_dataset,
+    imported only here: semdepth_core never imports ROS packages nor rosbags).
+
+    Prints and (rank 0) writes `bag_summary.json` beside the run: per bag its topics, images, kept train / held-out
+    targets and every dropped target counted by reason. The held-out part (data.bag.val_fraction) has no depth
+    ground truth, so it is not validated on here; score it with `semdepth_ros.replay --evaluate`."""
+    try:
+        from semdepth_ros.bag_dataset import BagDataError, build_bag_datasets
+    except ImportError as exc:
+        raise ConfigError(f"data.kind: rosbag needs the rosbags package and semdepth_ros ({exc})") from exc
+    d = cfg.data
+    if not d.root:
+        raise ConfigError("data.root: data.kind rosbag needs a rosbag2 folder or a folder of bags "
+                          "(--set data.root=PATH_TO_BAG)")
+    try:
+        train, val, summary = build_bag_datasets(
+            resolve_path(d.root), d.bag, d.height, d.width, list(d.context), augment=d.augment,
+            stereo=d.stereo, cache_images=d.cache_images, log=print if verbose else None)
+    except BagDataError as exc:
+        raise ConfigError(f"data.root: {exc}") from exc
+    if verbose:
+        print(f"data: rosbag: {summary['train']} training targets, {summary['val']} held out by time"
+              + (" (not validated: bags carry no depth ground truth)" if val is not None else ""))
+        run_dir = resolve_path(cfg.train.out_dir) / cfg.train.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".bag_summary.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, run_dir / "bag_summary.json")
+    return train, None
 
 
 def _source_dataset(cfg: Config, src, key: str, training: bool, hints):
@@ -284,6 +320,13 @@ def _source_dataset(cfg: Config, src, key: str, training: bool, hints):
                   augment=d.augment if training else None, training=training,
                   stereo=d.stereo and training, hints=hints if training else None, cache_images=d.cache_images)
     try:
+        if src.kind == "rosbag":  # the topics and sampling of data.bag; the summary is printed with the others
+            if not training:
+                raise ConfigError(f"{key}.kind: rosbag recordings have no depth ground truth to validate on")
+            from semdepth_ros.bag_dataset import build_bag_datasets
+
+            return build_bag_datasets(resolve_path(src.root), d.bag, d.height, d.width, list(d.context),
+                                      augment=d.augment, stereo=d.stereo, cache_images=d.cache_images, log=None)[0]
         if src.kind == "odometry":
             if not training:
                 raise ConfigError(f"{key}.kind: KITTI odometry has no depth ground truth to validate on")

@@ -226,7 +226,7 @@ class FrameDataset(Dataset):
     def _validate(self, where: str) -> None:
         missing = []
         for s in self.samples:
-            for f in (s.frame, *(s.frame + o for o in self.context)):
+            for f in (s.frame, *self.context_frames(s)):
                 if not s.seq.has(f, s.cam):
                     missing.append(f"{s.name} (needs frame {f}, cam {s.cam})")
                     break
@@ -247,6 +247,11 @@ class FrameDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def context_frames(self, sample: Sample) -> list[int]:
+        """The sequence frames of `sample`'s temporal context: target frame + each offset. Subclasses
+        whose sequences are not evenly spaced (rosbag recordings) pick them by timestamp instead."""
+        return [sample.frame + o for o in self.context]
 
     # augmentation ---------------------------------------------------------------------------
     def sample_augmentation(self) -> tuple[bool, JitterParams | None]:
@@ -292,7 +297,7 @@ class FrameDataset(Dataset):
         size = (self.width, self.height)
         size0 = seq.native_size(cam)
         W0, H0 = size0
-        ctx_frames = [s.frame + o for o in self.context]
+        ctx_frames = self.context_frames(s)
 
         rgb = self._net_image(seq, s.frame, cam, size0)
         ctx = [self._net_image(seq, f, cam, size0) for f in ctx_frames]
