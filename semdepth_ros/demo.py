@@ -357,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_output")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--backend", default="auto")
-    p.add_argument("--scale-mode", default="odometry", choices=["none", "model", "odometry", "fixed"],
-                   help="metric scale (default odometry: the bag's OXTS speed and the pose network)")
+    p.add_argument("--scale-mode", default="auto", choices=["auto", "none", "model", "odometry", "fixed"],
+                   help="metric scale (default auto: the checkpoint's own metres when it was trained metric, as the "
+                        "default weights are; else odometry, the bag's OXTS speed and the pose network)")
     p.add_argument("--rate", type=float, default=0.5, help="replay rate (1 = real time)")
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args(argv)
@@ -368,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoint.is_file():
         print(f"error: checkpoint not found: {checkpoint}", file=sys.stderr)
         return 2
+    if args.scale_mode == "auto":
+        from semdepth_core.checkpoint import CheckpointError, load_checkpoint
+        from semdepth_core.config import config_from_dict
+
+        try:
+            metric = config_from_dict(load_checkpoint(checkpoint)["config"]).loss.velocity_weight > 0
+        except (CheckpointError, KeyError, ValueError) as exc:
+            print(f"error: {checkpoint}: {exc}", file=sys.stderr)
+            return 2
+        args.scale_mode = "model" if metric else "odometry"
     real = None
     if not args.data and args.real != "none":
         real = held_out_kitti_drive() if args.real == "auto" else Path(args.real).resolve()
