@@ -668,7 +668,6 @@ def rp_stamp(m) -> int:
 
 
 @pytest.mark.ros
-@pytest.mark.slow
 def test_replay_evaluate_scores_node_output_on_real_kitti(tmp_path, checkpoint, kitti_drive_dir):
     """kitti_to_bag -> semdepth_replay --evaluate <-> depth_node: every frame scored against the Velodyne."""
     import json

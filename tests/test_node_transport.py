@@ -309,3 +309,26 @@ def test_configure_cleanup_cycles_leave_no_publishers_behind(checkpoint):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_replay_explains_a_missing_tf2_msgs_and_replays_the_rest():
+    """tf2_msgs has no PyPI wheel, so a pip-only install cannot publish /tf: one clear warning, the rest plays."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from semdepth_ros.replay import plan_topics
+
+    def conn(topic, msgtype):
+        return SimpleNamespace(topic=topic, msgtype=msgtype, ext=SimpleNamespace(offered_qos_profiles=[]))
+
+    reader = SimpleNamespace(path="bag", connections=[conn("/tf_static", "tf2_msgs/msg/TFMessage"),
+                                                      conn("/cam/image_raw", "sensor_msgs/msg/Image")])
+    logged = []
+    plans = plan_topics(reader, None, logged.append)
+    assert "/cam/image_raw" in plans
+    if importlib.util.find_spec("tf2_msgs") is None:
+        assert "/tf_static" not in plans
+        (line,) = logged
+        assert "skipping /tf_static" in line and "no PyPI wheel" in line and "ros-$ROS_DISTRO-tf2-msgs" in line
+    else:
+        assert "/tf_static" in plans and not logged
