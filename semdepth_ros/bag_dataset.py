@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 
 from semdepth_core.data.dataset import FrameDataset, Sample
+from semdepth_core.validation import intrinsics_problem
 from semdepth_ros.conversions import (
     ImageConversionError,
     compressed_image_msg_to_rgb,
@@ -161,6 +162,9 @@ def camera_intrinsics(msg, where: str) -> tuple[np.ndarray, tuple[int, int]]:
     if K[0, 0] <= 0 or K[1, 1] <= 0 or w <= 0 or h <= 0:
         raise BagDataError(f"{where}: CameraInfo needs positive fx, fy, width and height "
                            f"(fx={K[0, 0]}, fy={K[1, 1]}, {w}x{h})")
+    reason = intrinsics_problem(K, w, h)  # the node's plausibility rule, shared
+    if reason:
+        raise BagDataError(f"{where}: CameraInfo is not a plausible camera: {reason}")
     return K, (w, h)
 
 

@@ -131,3 +131,35 @@ def test_no_input_is_a_warning_not_ok(tmp_path, checkpoint, kitti_frames, probe)
         probe.spin_until(lambda: "no input" in probe.diag()["_message"], 10, "no-input WARN after the stream stops")
     finally:
         assert node.stop(signal.SIGINT) == 0
+
+
+def test_training_data_refuses_implausible_intrinsics(tmp_path):
+    """The same intrinsics rule guards training: a KITTI calibration or a bag's CameraInfo with fx = 1e-300."""
+    import shutil
+    from types import SimpleNamespace
+
+    from semdepth_core.data.kitti import KittiCalib, KittiFormatError
+    from semdepth_core.paths import kitti_raw_dir
+
+    src = kitti_raw_dir() / "2011_09_26"
+    if not (src / "calib_cam_to_cam.txt").is_file():
+        pytest.skip("shared KITTI data not available")
+    bad = tmp_path / "2011_09_26"
+    bad.mkdir()
+    for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_velo.txt"):
+        shutil.copy(src / name, bad / name)
+    lines = (bad / "calib_cam_to_cam.txt").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("P_rect_02:"):
+            v = line.split()[1:]
+            v[0] = v[5] = "1e-300"
+            lines[i] = "P_rect_02: " + " ".join(v)
+    (bad / "calib_cam_to_cam.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(KittiFormatError, match=r"calib_cam_to_cam.txt: P_rect_02 is not a plausible camera .*fx=1e-300"):
+        KittiCalib.from_date_dir(bad)
+    bag_dataset = pytest.importorskip("semdepth_ros.bag_dataset")
+    K = KITTI_K.copy()
+    K[0, 0] = K[1, 1] = 1e-300
+    info = SimpleNamespace(d=[], k=K.reshape(-1).tolist(), width=1242, height=375, distortion_model="plumb_bob")
+    with pytest.raises(bag_dataset.BagDataError, match="not a plausible camera: fx=1e-300"):
+        bag_dataset.camera_intrinsics(info, "bag.mcap /camera/camera_info")

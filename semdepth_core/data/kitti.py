@@ -28,6 +28,7 @@ import numpy as np
 
 from semdepth_core.geometry.camera import resize_intrinsics
 from semdepth_core.geometry.se3 import euler_to_matrix_np, invert_se3_np
+from semdepth_core.validation import intrinsics_problem
 
 PathLike = str | Path
 
@@ -160,8 +161,10 @@ class KittiCalib:
             if w <= 0 or h <= 0 or w != int(w) or h != int(h):
                 raise KittiFormatError(f"{c2c_path}: S_rect_0{cam} must be positive integers, got {w} {h}")
             S[cam] = (int(w), int(h))
-            if P[cam][0, 0] <= 0 or P[cam][1, 1] <= 0:
-                raise KittiFormatError(f"{c2c_path}: P_rect_0{cam} has a non-positive focal length")
+            reason = intrinsics_problem(P[cam][:, :3] / P[cam][2, 2] if P[cam][2, 2] else P[cam][:, :3], *S[cam])
+            if P[cam][0, 0] <= 0 or P[cam][1, 1] <= 0 or reason:  # the node's plausibility rule, shared
+                raise KittiFormatError(f"{c2c_path}: P_rect_0{cam} is not a plausible camera for "
+                                       f"{S[cam][0]}x{S[cam][1]} images ({reason or 'non-positive focal length'})")
         R_rect = _calib_array(c2c, "R_rect_00", (3, 3), c2c_path)
 
         v2c_path = date_dir / "calib_velo_to_cam.txt"
