@@ -1,7 +1,10 @@
 """`depth_node`: monocular depth + semantics + labelled point cloud from a camera stream.
 
-    python -m semdepth_ros.node --ros-args --params-file config/depth.yaml -p checkpoint:=model.pt \\
+    python -m semdepth_ros.node --ros-args --params-file config/depth.yaml [-p checkpoint:=model.ckpt] \\
         -r image:=/camera/image_raw -r camera_info:=/camera/camera_info -r odom:=/odom
+
+`checkpoint: default` (the params file's) loads the shipped weights, from share/semdepth_ros/weights
+after a colcon install or from the package.
 
 A thin rclpy layer over pure pieces (conversions.py, semdepth_core.infer): decode the image, run
 `Predictor.predict`, scale, encode and publish.
@@ -14,14 +17,18 @@ A model that fails to load leaves the node *unconfigured* but alive: it keeps pu
 /diagnostics with level ERROR and the reason, and publishes no outputs.
 
 Topics (relative, remap them):
-    in : image (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8, mono16), camera_info, odom
+    in : image (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8, mono16; or with
+         `image_transport: compressed` sensor_msgs/CompressedImage jpeg/png on <image>/compressed),
+         camera_info, odom
     out: depth (32FC1 metres / NaN = no estimate, or 16UC1 mm / 0 = invalid; REP 117/118),
          depth/camera_info (camera_info rescaled to the image size), semantic (mono8 trainIds,
          255 = ignore), semantic/color (rgb8, Cityscapes palette), points (PointCloud2 x, y, z,
          rgb, label in the image's optical frame), /diagnostics.
 Every output carries the input image's header (stamp and frame_id). QoS: sensor data (best
-effort, keep last 5) for inputs and outputs, overridable per topic with the standard
-`qos_overrides.<topic>.<publisher|subscription>.<policy>` parameters.
+effort, keep last 5) for outputs, CameraInfo and odometry; the image follows `image_qos` (auto:
+reliable while every publisher is, best effort once a best-effort one appears). All are
+overridable per topic with the standard `qos_overrides.<topic>.<publisher|subscription>.<policy>`
+parameters. SIGINT / SIGTERM, once or repeated, run the lifecycle shutdown and exit 0.
 
 Scheduling: the image callback only drops the message into a one-slot mailbox (a newer image
 replaces an unprocessed one and counts as dropped), and a worker thread runs inference on the
