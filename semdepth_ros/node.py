@@ -694,8 +694,11 @@ class DepthNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.WARN, f"{self._state}: not serving"
         elif self._waiting_for_input() is not None:
             st.level = DiagnosticStatus.WARN
-            st.message = (f"no input: no image on {self.image_topic()} for {self._waiting_for_input():.1f} s "
-                          "while outputs have subscribers")
+            msgs = [f"no input: no image on {self.image_topic()} for {self._waiting_for_input():.1f} s while "
+                    "outputs have subscribers", *recent_err.values(), *recent_warn.values()]
+            if not self._scale_known:
+                msgs.append("metric scale not known yet: depth in model units")
+            st.message = " | ".join(msgs)
         elif recent_err:
             st.level = DiagnosticStatus.WARN
             st.message = "serving; recent errors: " + " | ".join(recent_err.values())
@@ -828,6 +831,11 @@ def main(argv: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # the interpreter's own teardown (DDS participants, threads) follows: Python puts its handlers back to the
+        # default there, so one more SIGINT/SIGTERM from `ros2 launch` would kill the process mid-teardown.
+        # Ignored signals stay ignored through it.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

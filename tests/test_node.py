@@ -39,7 +39,7 @@ def test_parameter_validation_rules():
     assert N.check_parameter("scale.mode", "odometry") is None
     assert "must be one of" in N.check_parameter("scale.mode", "bogus")
     assert "expected float" in N.check_parameter("scale.value", "2")
-    assert "must be > 0" in N.check_parameter("scale.value", -1.0)
+    assert "outside 0.0001..10000" in N.check_parameter("scale.value", -1.0)
     assert N.check_parameter("scale.value", 2) is None  # ints are fine for doubles
     assert "1..64" in N.check_parameter("points.stride", 0)
     assert "multiple of 32" in N.check_parameter("input_height", 100)
