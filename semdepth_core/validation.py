@@ -16,8 +16,11 @@ MAX_SPEED = 100.0  # m/s: faster than any ground robot or car this is used on
 MIN_VALID_DEPTH_FRACTION = 0.5
 
 
-def intrinsics_problem(K, width: int, height: int) -> str | None:
-    """Why a 3x3 pinhole K does not fit a width x height image (None when plausible)."""
+def intrinsics_problem(K, width: int, height: int, principal_point: bool = True) -> str | None:
+    """Why a 3x3 pinhole K does not fit a width x height image (None when plausible).
+
+    principal_point=False skips the principal-point test (calibration files whose stated image size is not the
+    one the images will be resized to)."""
     try:
         K = np.asarray(K, dtype=np.float64).reshape(3, 3)
     except (TypeError, ValueError):
@@ -34,7 +37,7 @@ def intrinsics_problem(K, width: int, height: int) -> str | None:
     if not (ASPECT_FY_FX[0] <= fy / fx <= ASPECT_FY_FX[1]):
         return f"fy/fx={fy / fx:.6g} is implausible (fx={fx:.6g}, fy={fy:.6g})"
     m = PRINCIPAL_MARGIN
-    if not (-m * width <= cx <= (1 + m) * width and -m * height <= cy <= (1 + m) * height):
+    if principal_point and not (-m * width <= cx <= (1 + m) * width and -m * height <= cy <= (1 + m) * height):
         return f"principal point ({cx:.6g}, {cy:.6g}) is far outside the {width}x{height} image"
     if abs(K[0, 1]) > fx or np.any(K[2] != (0.0, 0.0, 1.0)) or K[1, 0] != 0.0:
         return f"not a pinhole matrix (skew {K[0, 1]:.6g}, last row {K[2].tolist()})"

@@ -161,7 +161,7 @@ class KittiCalib:
             if w <= 0 or h <= 0 or w != int(w) or h != int(h):
                 raise KittiFormatError(f"{c2c_path}: S_rect_0{cam} must be positive integers, got {w} {h}")
             S[cam] = (int(w), int(h))
-            reason = intrinsics_problem(P[cam][:, :3] / P[cam][2, 2] if P[cam][2, 2] else P[cam][:, :3], *S[cam])
+            reason = intrinsics_problem(P[cam][:, :3], *S[cam], principal_point=False)
             if P[cam][0, 0] <= 0 or P[cam][1, 1] <= 0 or reason:  # the node's plausibility rule, shared
                 raise KittiFormatError(f"{c2c_path}: P_rect_0{cam} is not a plausible camera for "
                                        f"{S[cam][0]}x{S[cam][1]} images ({reason or 'non-positive focal length'})")
