@@ -108,6 +108,7 @@ from semdepth_ros.runtime import (  # noqa: F401 - re-exported
     RateLimitedLog,
     StageTimes,
     nearest_speed,
+    release_memory,
     stamp_ns,
     twist_speed,
 )
@@ -331,6 +332,9 @@ class DepthNode(LifecycleNode):
         if self.predictor is not None:
             self.predictor.close()
         self.predictor = None
+        self._points_msg = None
+        self._prev = None
+        release_memory()  # configure/cleanup cycles stay flat instead of growing by the model's working set
 
     def shutdown_cleanly(self) -> None:
         """Stop serving and release everything (process exit): the lifecycle `shutdown` transition."""
