@@ -163,3 +163,35 @@ def test_training_data_refuses_implausible_intrinsics(tmp_path):
     info = SimpleNamespace(d=[], k=K.reshape(-1).tolist(), width=1242, height=375, distortion_model="plumb_bob")
     with pytest.raises(bag_dataset.BagDataError, match="not a plausible camera: fx=1e-300"):
         bag_dataset.camera_intrinsics(info, "bag.mcap /camera/camera_info")
+
+
+@pytest.mark.parametrize("case", ["garbage", "truncated", "empty", "directory", "no_data", "no_split", "bad_size"])
+def test_evaluate_gives_one_clear_line_for_bad_inputs(case, tmp_path):
+    """training.evaluate on bad checkpoints and arguments: a non-zero exit and one `error:` line, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    good = repo / "semdepth_ros" / "weights" / "default.ckpt"
+    ckpt = tmp_path / "bad.ckpt"
+    data = str(tmp_path)  # any folder: the checkpoint is checked first
+    extra = []
+    if case == "garbage":
+        ckpt.write_bytes(b"not a checkpoint at all")
+    elif case == "truncated":
+        ckpt.write_bytes(good.read_bytes()[:1000])
+    elif case == "empty":
+        ckpt.write_bytes(b"")
+    elif case == "directory":
+        ckpt = tmp_path
+    else:
+        ckpt = good
+        data = str(tmp_path / "missing") if case == "no_data" else data
+        extra = {"no_data": [], "no_split": ["--split", str(tmp_path / "none.txt")],
+                 "bad_size": ["--height", "100"]}[case]
+    r = subprocess.run([sys.executable, "-m", "training.evaluate", "--checkpoint", str(ckpt), "--data", data, *extra],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-2000:]
