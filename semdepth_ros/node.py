@@ -104,6 +104,7 @@ from semdepth_ros.params import (  # noqa: F401 - re-exported for users of the n
     resolve_checkpoint,
 )
 from semdepth_ros.runtime import (  # noqa: F401 - re-exported
+    InputRate,
     Mailbox,
     RateLimitedLog,
     StageTimes,
@@ -113,6 +114,7 @@ from semdepth_ros.runtime import (  # noqa: F401 - re-exported
     twist_speed,
 )
 
+LOSS_WARN_FRACTION = 0.8  # /diagnostics WARN when fewer of the publisher's frames arrive
 _PARAM_TYPE = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
                list: ParameterType.PARAMETER_INTEGER_ARRAY}
@@ -159,6 +161,7 @@ class DepthNode(LifecycleNode):
         self._scale_known = True
         self._sizes_logged: set = set()
         self._processed_times: deque = deque(maxlen=30)
+        self.input_rate = InputRate()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.p("diagnostics_period"), self.publish_diagnostics)
         bad = [r for r in (check_parameter(s.name, self.p(s.name)) for s in PARAMS) if r]
@@ -362,6 +365,7 @@ class DepthNode(LifecycleNode):
             return
         self.stats["received"] += 1
         self._last_image = time.monotonic()
+        self.input_rate.add(stamp_ns(msg.header), self._last_image)
         self.mailbox.put((msg, self._last_image))
 
     def _on_camera_info(self, msg) -> None:
@@ -692,6 +696,8 @@ class DepthNode(LifecycleNode):
             # a state, not an event: WARN for as long as the window disagrees, whatever the check period
             recent_warn.setdefault("scale_check", self.warn_log.last_message.get(
                 "scale_check", "model scale disagrees with the camera height"))
+        inrate = self.input_rate.estimate() if self._state == "active" else None
+        lossy = inrate is not None and inrate["received_fraction"] < LOSS_WARN_FRACTION
         if self.load_error or self.param_error:
             st.level, st.message = DiagnosticStatus.ERROR, self.load_error or f"invalid parameters: {self.param_error}"
         elif self._state != "active":
@@ -703,12 +709,14 @@ class DepthNode(LifecycleNode):
             if not self._scale_known:
                 msgs.append("metric scale not known yet: depth in model units")
             st.message = " | ".join(msgs)
-        elif recent_err:
+        elif recent_err or lossy or recent_warn or not self._scale_known:
             st.level = DiagnosticStatus.WARN
-            st.message = "serving; recent errors: " + " | ".join(recent_err.values())
-        elif recent_warn or not self._scale_known:
-            st.level = DiagnosticStatus.WARN
-            msgs = list(recent_warn.values())
+            msgs = ["recent errors: " + " | ".join(recent_err.values())] if recent_err else []
+            if lossy:
+                msgs.append(f"receiving {inrate['received_hz']:.1f} Hz of a {inrate['publisher_hz']:.1f} Hz stream "
+                            f"({100 * inrate['received_fraction']:.0f} % of the frames): frames are lost in transport "
+                            "(image_qos, or the shipped Fast DDS profile in the publisher; see the README)")
+            msgs += list(recent_warn.values())
             if not self._scale_known:
                 msgs.append("metric scale not known yet: depth in model units")
             st.message = "serving; " + " | ".join(msgs)
@@ -727,6 +735,9 @@ class DepthNode(LifecycleNode):
             "frames_processed": self.stats["processed"],
             "frames_dropped": self.mailbox.dropped,
             "frames_lost_in_transport": self.stats["lost_in_transport"],
+            "input.received_hz": "none" if inrate is None else f"{inrate['received_hz']:.2f}",
+            "input.publisher_hz": "none" if inrate is None else f"{inrate['publisher_hz']:.2f}",
+            "input.received_fraction": "none" if inrate is None else f"{inrate['received_fraction']:.3f}",
             "image_topic": self.image_topic(),
             "image_qos": ("best_effort (fallback)" if self._image_fallback_done else self.p("image_qos")),
             "frames_skipped_no_subscribers": self.stats["skipped_no_subscribers"],

@@ -137,3 +137,48 @@ def release_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+JUMP_PERIODS = 20  # a stamp step this many publisher periods long starts a new stream
+
+
+class InputRate:
+    """The image stream as received against what its stamps say was sent: frames lost in transport show up.
+
+    The publisher's period is a low percentile of the stamp steps (robust to the gaps losses leave); the frames it
+    sent over the window are the stamp span divided by that period. Receive times give the received rate.
+    """
+
+    def __init__(self, n: int = 60, min_frames: int = 10):
+        self._d: deque = deque(maxlen=n)  # (stamp_ns, receive time s)
+        self.min_frames = min_frames
+        self._lock = threading.Lock()
+
+    def add(self, stamp_ns: int, t_recv: float) -> None:
+        with self._lock:
+            if self._d and stamp_ns <= self._d[-1][0]:  # a restarted or replayed stream: start over
+                self._d.clear()
+            self._d.append((int(stamp_ns), float(t_recv)))
+
+    def estimate(self) -> dict | None:
+        """{'received_hz', 'publisher_hz', 'received_fraction'} over the window (None with too few frames)."""
+        with self._lock:
+            d = list(self._d)
+        if len(d) < self.min_frames:
+            return None
+        stamps = np.array([s for s, _ in d], dtype=np.float64) * 1e-9
+        t = np.array([r for _, r in d])
+        period = float(np.percentile(np.diff(stamps), 20))
+        # a jump in the stamps far beyond the period (a bag looping, a camera restarting, a test stepping its
+        # clock) is a new stream, not lost frames: only the segment after the last jump counts
+        jumps = np.flatnonzero(np.diff(stamps) > max(JUMP_PERIODS * period, 1e-9))
+        if jumps.size:
+            stamps, t = stamps[jumps[-1] + 1:], t[jumps[-1] + 1:]
+            if len(stamps) < self.min_frames:
+                return None
+            period = float(np.percentile(np.diff(stamps), 20))
+        if period <= 0 or t[-1] <= t[0]:
+            return None
+        sent = (stamps[-1] - stamps[0]) / period + 1.0
+        return {"received_hz": (len(stamps) - 1) / (t[-1] - t[0]), "publisher_hz": 1.0 / period,
+                "received_fraction": min(1.0, len(stamps) / sent)}

@@ -195,3 +195,56 @@ def test_evaluate_gives_one_clear_line_for_bad_inputs(case, tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, r.stderr[-2000:]
+
+
+def test_input_rate_sees_frames_missing_from_the_stamps():
+    from semdepth_ros.runtime import InputRate
+
+    r = InputRate(min_frames=10)
+    for i in range(30):  # every frame of a 10 Hz stream
+        r.add(i * 100_000_000, i * 0.1)
+    e = r.estimate()
+    assert e["publisher_hz"] == pytest.approx(10.0) and e["received_fraction"] == pytest.approx(1.0)
+    r = InputRate(min_frames=10)
+    for k, i in enumerate(i for i in range(90) if i % 3 == 0):  # a third of them arrive
+        r.add(i * 100_000_000, k * 0.3)
+    e = r.estimate()
+    # every third stamp only: the stamps alone cannot tell a 3.3 Hz stream from losses, so it reads 100 %
+    assert e["publisher_hz"] == pytest.approx(10 / 3) and e["received_fraction"] == pytest.approx(1.0)
+    r = InputRate(min_frames=10)
+    kept = [i for i in range(60) if i % 4 in (0, 1)]  # pairs arrive, pairs are lost
+    for k, i in enumerate(kept):
+        r.add(i * 100_000_000, i * 0.1)
+    e = r.estimate()
+    assert e["publisher_hz"] == pytest.approx(10.0) and e["received_fraction"] == pytest.approx(0.5, abs=0.03)
+    r.add(0, 100.0)  # a restarted stream starts the window over
+    assert r.estimate() is None
+    r = InputRate(min_frames=10)
+    for i in list(range(20)) + list(range(5000, 5012)):  # a jump of the stamps: a new stream, nothing lost
+        r.add(i * 100_000_000, i * 0.1)
+    assert r.estimate()["received_fraction"] == pytest.approx(1.0)
+
+
+@pytest.mark.ros
+def test_frames_lost_in_transport_are_reported(tmp_path, checkpoint, kitti_frames, probe):
+    """Half of a 10 Hz stream's frames never arrive (as with best-effort fragments): WARN with both rates."""
+    frames, K = kitti_frames
+    rgb = frames[0][:128, :416].copy()
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "diagnostics_period:=0.5"] + _reliable_overrides("depth"))
+    try:
+        _wait_serving(probe, node)
+        probe.warm_up(rgb, K, ["depth"], sec=1)
+        msg_base = 2_000_000_000
+        for i in range(40):
+            if i % 4 in (0, 1):  # frames 2 and 3 of every 4 are "lost"
+                h = probe.header(0)
+                t = msg_base + i * 100_000_000
+                h.stamp.sec, h.stamp.nanosec = t // 1_000_000_000, t % 1_000_000_000
+                probe.pub_img.publish(C.rgb_to_image_msg(rgb, h))
+            probe.spin_for(lambda: False, 0.1)
+        probe.spin_until(lambda: "frames are lost in transport" in probe.diag()["_message"], 10, "the loss WARN")
+        d = probe.diag()
+        assert d["_level"] == b"\x01" and float(d["input.publisher_hz"]) == pytest.approx(10.0, rel=0.05)
+        assert float(d["input.received_fraction"]) < 0.6
+    finally:
+        assert node.stop(signal.SIGINT) == 0
