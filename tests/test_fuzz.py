@@ -212,3 +212,29 @@ def test_pointcloud_from_hostile_depth(seed, h, w, stride, organized, max_range)
         assert arr.size == int(valid.sum())
         assert np.isfinite(xyz).all()
         assert (xyz[:, 2] > 0).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 4000), flips=st.lists(st.integers(0, 3999), max_size=8), junk=st.binary(max_size=64))
+def test_load_checkpoint_on_mangled_bytes(tmp_path, cut, flips, junk):
+    """A real checkpoint cut short, bit-flipped or with junk appended: loads, or one CheckpointError line."""
+    import torch
+
+    from semdepth_core.checkpoint import CheckpointError, load_checkpoint
+
+    src = tmp_path / "src.ckpt"
+    if not src.exists():
+        torch.save({"format": "semdepth-ckpt-v1", "config": {}, "depth_model": {"w": torch.arange(900.0)}}, src)
+    data = bytearray(src.read_bytes()[:cut])
+    for i in flips:
+        if i < len(data):
+            data[i] ^= 0xFF
+    path = tmp_path / "mangled.ckpt"
+    path.write_bytes(bytes(data) + junk)
+    try:
+        out = load_checkpoint(path)
+    except CheckpointError as exc:
+        msg = str(exc)
+        assert "\n" not in msg and str(path) in msg
+    else:
+        assert isinstance(out, dict) and out.get("format") == "semdepth-ckpt-v1"
