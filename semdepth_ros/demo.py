@@ -141,7 +141,15 @@ def collect(env: dict, node_cmd: list[str], bag: Path, frames: int, rate: float,
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"depth_node did not subscribe to {k2b.TOPIC_IMAGE} within 120 s; see {log_path}")
                 time.sleep(0.2)
-            time.sleep(1.0)  # let discovery settle on both sides
+            # the node skips inference while nothing subscribes to its outputs: wait until its publishers are
+            # discovered here too (a short real drive replays in about a second, all of it lost otherwise)
+            while not all(node.count_publishers(f"{NAMESPACE}/{t}") > 0 for t in ("depth", "semantic", "points")):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"depth_node exited with status {proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"depth_node's outputs did not appear within 120 s; see {log_path}")
+                time.sleep(0.2)
+            time.sleep(2.0)  # let discovery settle on both sides
             t0 = time.monotonic()
             replay = subprocess.Popen([sys.executable, "-m", "semdepth_ros.replay", str(bag), "--rate", f"{rate:g}",
                                        "--wait-for", k2b.TOPIC_IMAGE],
