@@ -3,6 +3,7 @@ argument (also from an installed share/), compressed camera input, the image QoS
 a clean exit on repeated SIGINT / SIGTERM. Real processes over real DDS on localhost, like tests/test_node.py."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import subprocess
@@ -280,21 +281,32 @@ def test_node_is_a_plain_lifecycle_node_class_over_ros_free_modules():
     assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
+@contextlib.contextmanager
+def _in_process_node(checkpoint, backend: str, domain: int):
+    """A DepthNode in this process (autostart off) on its own context; shut down and destroyed afterwards."""
+    from semdepth_ros.node import DepthNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)  # outside the 1..200 the DDS tests draw from
+    try:
+        node = DepthNode(context=ctx, parameter_overrides=[
+            rclpy.parameter.Parameter("checkpoint", value=str(checkpoint)),
+            rclpy.parameter.Parameter("backend", value=backend),
+            rclpy.parameter.Parameter("autostart", value=False)])
+        yield node
+        node.shutdown_cleanly()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
 # ------------------------------------------------------------------------------------------ lifecycle
 def test_configure_cleanup_cycles_leave_no_publishers_behind(checkpoint):
     """Each configure creates 5 lifecycle publishers, 3 subscriptions and a timer; cleanup must remove all of them
     from the node and from the lifecycle's managed entities (the publishers leaked there before)."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from semdepth_ros.node import DepthNode
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=221)  # outside the 1..200 the DDS tests draw from
-    try:
-        node = DepthNode(context=ctx, parameter_overrides=[
-            rclpy.parameter.Parameter("checkpoint", value=str(checkpoint)),
-            rclpy.parameter.Parameter("backend", value="torch"),
-            rclpy.parameter.Parameter("autostart", value=False)])
+    with _in_process_node(checkpoint, "torch", 221) as node:
 
         def counts():
             return (len(list(node.publishers)), len(list(node.subscriptions)), len(list(node.timers)),
@@ -308,10 +320,6 @@ def test_configure_cleanup_cycles_leave_no_publishers_behind(checkpoint):
             assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
             assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
             assert counts() == before
-        node.shutdown_cleanly()
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=ctx)
 
 
 def test_replay_explains_a_missing_tf2_msgs_and_replays_the_rest():
@@ -342,20 +350,12 @@ def test_configure_cleanup_cycles_hold_memory_flat(checkpoint, tmp_path):
     flat after a warm-up (it grew by ~12 MB per cycle when the freed model stayed in the allocator's arenas)."""
     import os
 
-    from semdepth_ros.node import DepthNode
-
     def rss_mb() -> float:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
     os.environ.setdefault("SEMDEPTH_CACHE", str(tmp_path / "cache"))
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=222)  # outside the 1..200 the DDS tests draw from
-    try:
-        node = DepthNode(context=ctx, parameter_overrides=[
-            rclpy.parameter.Parameter("checkpoint", value=str(checkpoint)),
-            rclpy.parameter.Parameter("backend", value="onnxruntime"),
-            rclpy.parameter.Parameter("autostart", value=False)])
+    with _in_process_node(checkpoint, "onnxruntime", 222) as node:
         rgb = (np.random.default_rng(0).random((375, 1242, 3)) * 255).astype(np.uint8)
         sizes = []
         for _ in range(30):
@@ -369,7 +369,3 @@ def test_configure_cleanup_cycles_hold_memory_flat(checkpoint, tmp_path):
         after = sizes[4:]
         # flat: without giving the freed model back, RSS wandered by tens of MB from cycle to cycle and grew
         assert max(after) - min(after) < 10.0 and after[-1] - after[0] < 5.0, [round(v, 1) for v in sizes]
-        node.shutdown_cleanly()
-        node.destroy_node()
-    finally:
-        rclpy.shutdown(context=ctx)
