@@ -132,17 +132,24 @@ class DepthNode(LifecycleNode):
         self.err_log = RateLimitedLog(lambda m: self.get_logger().error(m), self.p("error_log_period"))
         self.warn_log = RateLimitedLog(lambda m: self.get_logger().warning(m), self.p("error_log_period"))
         self.mailbox = Mailbox()
+        self.sem_mailbox = Mailbox()  # latest frame for the semantic thread (semantics.rate > 0)
         self.times = StageTimes()
         self.predictor = None
         self.load_error: str | None = None
         self.param_error: str | None = None
         self.stats = {"received": 0, "processed": 0, "skipped_no_subscribers": 0, "bad_images": 0,
                       "failed": 0, "lost_in_transport": 0, "bad_camera_info": 0, "bad_odometry": 0,
-                      "implausible_output": 0}
+                      "implausible_output": 0, "semantic_frames": 0}
         self._last_image = None  # monotonic time of the last image (or of activation)
         self._qos_timer = None
         self._image_fallback = self._image_fallback_done = False
         self._worker: threading.Thread | None = None
+        self._sem_worker: threading.Thread | None = None
+        self._sem_async = False  # labels computed on their own thread (semantics.rate > 0, unguided model)
+        self._sem_next = 0.0  # monotonic time the semantic thread may take its next frame
+        self._labels = None  # (stamp_ns, labels [H,W] uint8) of the latest semantic result (async mode)
+        self._label_ages: deque = deque(maxlen=50)  # ms between a depth frame and the labels it carried
+        self._sem_done: deque = deque(maxlen=30)  # monotonic times of finished semantic frames
         self._stop = threading.Event()
         self._active = False
         self._state = "unconfigured"
@@ -206,9 +213,14 @@ class DepthNode(LifecycleNode):
 
             h, w = self.p("input_height"), self.p("input_width")
             t0 = time.perf_counter()
+            rate = float(self.p("semantics.rate"))
             self.predictor = load_predictor(path, backend=self.p("backend"), device=self.p("device"),
-                                            height=h or None, width=w or None)
+                                            height=h or None, width=w or None, split_semantics=rate > 0)
             self.get_logger().info(f"loaded {self.predictor} from {path} in {time.perf_counter() - t0:.1f}s")
+            self._sem_async = rate > 0 and self.predictor.semantics_separable
+            if rate > 0 and self.predictor.has_semantics and not self._sem_async:
+                self.get_logger().info("semantics.rate > 0 ignored: this model's semantic net guides its depth net "
+                                       "(or the backend runs them as one), so labels come with every frame")
         except Exception as exc:  # noqa: BLE001 - any load failure keeps the node alive
             self.load_error = f"model failed to load from {ckpt!r}: {type(exc).__name__}: {exc}"
             self.err_log("load", self.load_error)
@@ -300,6 +312,10 @@ class DepthNode(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="depth_worker", daemon=True)
         self._worker.start()
+        if self._sem_async:
+            self.sem_mailbox.clear()
+            self._sem_worker = threading.Thread(target=self._sem_work, name="semantic_worker", daemon=True)
+            self._sem_worker.start()
         self._last_image = time.monotonic()  # the input timeout counts from activation
         self._active = True
         self._state = "active"
@@ -337,6 +353,8 @@ class DepthNode(LifecycleNode):
         self.predictor = None
         self._points_msg = None
         self._prev = None
+        self._labels = None
+        self._sem_async = False
         release_memory()  # configure/cleanup cycles stay flat instead of growing by the model's working set
 
     def shutdown_cleanly(self) -> None:
@@ -354,10 +372,13 @@ class DepthNode(LifecycleNode):
 
     def stop_worker(self) -> None:
         self._stop.set()
-        w, self._worker = self._worker, None
-        if w is not None and w is not threading.current_thread():
-            w.join(timeout=10.0)
+        for attr in ("_worker", "_sem_worker"):
+            w = getattr(self, attr)
+            setattr(self, attr, None)
+            if w is not None and w is not threading.current_thread():
+                w.join(timeout=10.0)
         self.mailbox.clear()
+        self.sem_mailbox.clear()
 
     # -------------------------------------------------------------------- callbacks
     def _on_image(self, msg) -> None:
@@ -405,6 +426,52 @@ class DepthNode(LifecycleNode):
                 self.stats["failed"] += 1
                 self.err_log("processing", f"frame processing failed: {type(exc).__name__}: {exc}")
 
+    def _sem_work(self) -> None:
+        """Semantic thread (semantics.rate > 0): labels of the latest offered frame, published with its header."""
+        while not self._stop.is_set():
+            item = self.sem_mailbox.get(timeout=0.1)
+            if item is None:
+                continue
+            rgb, header = item
+            try:
+                labels, timings = self.predictor.predict_labels(rgb)
+            except Exception as exc:  # noqa: BLE001 - one bad frame never stops the worker
+                self.stats["failed"] += 1
+                self.err_log("semantics", f"semantic labels failed: {type(exc).__name__}: {exc}")
+                continue
+            with self._lock:
+                self._labels = (stamp_ns(header), labels)
+            self.stats["semantic_frames"] += 1
+            self._sem_done.append(time.monotonic())
+            self.times.add("semantics", timings["semantics"])
+            self._publish_labels(labels, header)
+
+    def _offer_semantics(self, rgb, header) -> None:
+        """Hand the frame to the semantic thread when semantics.rate allows (the mailbox keeps the latest)."""
+        now = time.monotonic()
+        if now >= self._sem_next:
+            self._sem_next = now + 1.0 / float(self.p("semantics.rate"))
+            self.sem_mailbox.put((rgb, header))
+
+    def _current_labels(self, stamp: int, shape) -> np.ndarray | None:
+        """The latest labels for a depth frame (async mode): all 255 (unknown) before the first result or
+        after a size change, so the cloud keeps its fields; their age is recorded for /diagnostics."""
+        with self._lock:
+            latest = self._labels
+        if latest is None or latest[1].shape != tuple(shape):
+            return np.full(shape, 255, np.uint8)
+        self._label_ages.append(abs(stamp - latest[0]) / 1e6)
+        return latest[1]
+
+    def _publish_labels(self, labels, header) -> None:
+        subs = self._subscribed()
+        if subs.get("semantic"):
+            self._pubs["semantic"].publish(C.labels_to_image_msg(labels, header))
+        if subs.get("semantic/color"):
+            from semdepth_core.data.labels import colorize
+
+            self._pubs["semantic/color"].publish(C.rgb_to_image_msg(colorize(labels), header))
+
     def _subscribed(self) -> dict[str, bool]:
         return {k: pub.get_subscription_count() > 0 for k, pub in self._pubs.items()}
 
@@ -421,8 +488,12 @@ class DepthNode(LifecycleNode):
             self.err_log(f"image.{exc.kind}", f"image on {self.image_topic()} dropped: {exc}")
             return
         t1 = time.perf_counter()
-        pred = self.predictor.predict(rgb)
+        pred = self.predictor.predict(rgb, semantics=not self._sem_async)
         t2 = time.perf_counter()
+        labels = pred.labels
+        if self._sem_async:
+            self._offer_semantics(rgb, msg.header)
+            labels = self._current_labels(stamp_ns(msg.header), pred.depth.shape)
         ground_check = self.p("ground_check.enabled")
         depth_net = K_net = None
         mode = self.p("scale.mode")
@@ -456,13 +527,8 @@ class DepthNode(LifecycleNode):
         H, W = depth.shape
         if subs["depth"]:
             self._pubs["depth"].publish(C.depth_to_image_msg(depth, header, self.p("depth_encoding")))
-        if pred.labels is not None:
-            if subs["semantic"]:
-                self._pubs["semantic"].publish(C.labels_to_image_msg(pred.labels, header))
-            if subs["semantic/color"]:
-                from semdepth_core.data.labels import colorize
-
-                self._pubs["semantic/color"].publish(C.rgb_to_image_msg(colorize(pred.labels), header))
+        if pred.labels is not None:  # labels of this very frame (else the semantic thread publishes them)
+            self._publish_labels(pred.labels, header)
         if subs["depth/camera_info"] or subs["points"]:
             info = self._camera_info_for(W, H)
             if info is not None:
@@ -470,7 +536,7 @@ class DepthNode(LifecycleNode):
                 if subs["depth/camera_info"]:
                     self._pubs["depth/camera_info"].publish(info)
                 if subs["points"]:
-                    self._publish_points(header, depth, info, rgb, pred.labels)
+                    self._publish_points(header, depth, info, rgb, labels)
         t4 = time.perf_counter()
         self.stats["processed"] += 1
         self._processed_times.append(time.monotonic())
@@ -733,6 +799,7 @@ class DepthNode(LifecycleNode):
             "semantics": str(bool(self.predictor and self.predictor.has_semantics)),
             "frames_received": self.stats["received"],
             "frames_processed": self.stats["processed"],
+            "semantic_frames": self.stats["semantic_frames"],
             "frames_dropped": self.mailbox.dropped,
             "frames_lost_in_transport": self.stats["lost_in_transport"],
             "input.received_hz": "none" if inrate is None else f"{inrate['received_hz']:.2f}",
@@ -780,6 +847,14 @@ class DepthNode(LifecycleNode):
                 vals["ground_check.last_unchecked_reason"] = gs.last_reason
         for kind, n in sorted(self.err_log.counts.items()):
             vals[f"errors.{kind}"] = n
+        if self.predictor is not None and self.predictor.has_semantics:
+            vals["semantics.mode"] = "async" if self._sem_async else "every_frame"
+            if self._sem_async:
+                done = list(self._sem_done)
+                rate = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
+                vals["semantics.rate_hz"] = f"{rate:.2f}"
+                ages = list(self._label_ages)
+                vals["semantics.label_age_ms"] = f"{float(np.mean(ages)):.1f}" if ages else "none"
         for stage, ms in sorted(self.times.means().items()):
             vals[f"time_ms.{stage}"] = f"{ms:.2f}"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]

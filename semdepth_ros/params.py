@@ -82,6 +82,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("depth_encoding", "32FC1", "depth image encoding: 32FC1 (m, NaN invalid) or 16UC1 (mm, 0 invalid)",
               _in(DEPTH_ENCODINGS)),
+    ParamSpec("semantics.rate", 2.0, "semantic labels: 0 = computed with every frame's depth (labels always of "
+              "the same frame); > 0 = the semantic net runs on a thread of its own on the latest frame, at most this "
+              "often (Hz), while depth and points keep the camera rate and carry the latest labels (their age is on "
+              "/diagnostics; `semantic` is published with the stamp of the frame it was computed from). Only for "
+              "models whose semantic net guides nothing; guided models compute labels with every frame",
+              _non_negative, read_only=True),
     ParamSpec("points.stride", 2, "keep every n-th pixel row/column in the point cloud",
               lambda v: None if 1 <= v <= 64 else f"must be in 1..64, got {v}"),
     ParamSpec("points.organized", True, "organised cloud (image grid, NaN = no point) instead of valid points only"),

@@ -133,6 +133,38 @@ def test_torch_vs_onnxruntime_predictor_parity(predictors, kitti_rgb):
     np.testing.assert_allclose(Ta, Tb, atol=1e-5)
 
 
+def test_semantics_apart_from_depth_match_the_joint_pass(predictors, kitti_rgb, tmp_path):
+    """Unguided model: depth without the semantic net + labels from it alone == the one joint pass, on torch
+    and on a split ONNX export (two graphs); a guided model cannot be split and says so."""
+    unguided = _make_ckpt(tmp_path / "unguided.pt", {"depth_net": "mobilenetv2",
+                                                    "semantic": {"enabled": True, "arch": "espnet"}})
+    joint = load_predictor(unguided, backend="torch").predict(kitti_rgb)
+    ort_joint = load_predictor(unguided, backend="onnxruntime", engine_cache_dir=tmp_path)
+    assert not ort_joint.semantics_separable  # one graph: depth and labels come together
+    for backend in ("torch", "onnxruntime"):
+        p = load_predictor(unguided, backend=backend, engine_cache_dir=tmp_path, split_semantics=True)
+        assert p.semantics_separable and p.has_semantics
+        depth_only = p.predict(kitti_rgb, semantics=False)
+        assert depth_only.labels is None
+        np.testing.assert_allclose(depth_only.depth, joint.depth, rtol=1e-3)
+        labels, timings = p.predict_labels(kitti_rgb)
+        assert labels.shape == kitti_rgb.shape[:2] and timings["semantics"] > 0
+        assert (labels == joint.labels).mean() >= 0.999, backend
+        both = p.predict(kitti_rgb)  # the split graphs still serve a joint request
+        assert (both.labels == joint.labels).mean() >= 0.999
+    assert sorted(f.name.split("_", 1)[1] for f in (tmp_path / "onnx").glob("*_split*.onnx")) == [
+        "320x96_decomposed_split.onnx", "320x96_decomposed_split.pose.onnx", "320x96_decomposed_split.semantic.onnx"]
+    pt, _, _ = predictors  # guided: the depth net needs the semantic features of the same frame
+    assert not pt.semantics_separable
+    with pytest.raises(RuntimeError, match="cannot run apart"):
+        pt.predict(kitti_rgb, semantics=False)
+    from semdepth_core.export.onnx_export import export_loaded
+    from semdepth_core.infer.loading import load_models
+
+    with pytest.raises(ValueError, match="split_semantics needs a semantic net that guides nothing"):
+        export_loaded(load_models(pt.checkpoint), tmp_path / "g.onnx", (W, H), split_semantics=True)
+
+
 def test_onnx_graph_from_another_checkpoint_is_refused(predictors, tmp_path):
     _, ort, cache = predictors
     other = _make_ckpt(tmp_path / "other.pt", {"depth_net": "mobilenetv2", "guidance": True,

@@ -341,7 +341,8 @@ def _wait_serving(probe: Probe, node: NodeProcess, timeout=60.0):
 @pytest.mark.ros
 def test_node_outputs_bad_inputs_parameters_and_sigterm(tmp_path, checkpoint, kitti_frames, probe):
     frames, K = kitti_frames
-    node = NodeProcess(tmp_path, checkpoint, ["-p", "error_log_period:=60.0"]
+    # semantics.rate 0: labels computed with every frame, so every output of a frame carries its stamp
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "error_log_period:=60.0", "-p", "semantics.rate:=0.0"]
                        + _reliable_overrides("depth", "semantic", "semantic/color", "depth/camera_info", "points"))
     try:
         _wait_serving(probe, node)
@@ -490,6 +491,51 @@ def test_node_outputs_bad_inputs_parameters_and_sigterm(tmp_path, checkpoint, ki
 
 
 @pytest.mark.ros
+def test_async_semantics_keep_depth_at_frame_rate_with_the_latest_labels(tmp_path, checkpoint, kitti_frames, probe):
+    """semantics.rate > 0 (the default): depth and points for every frame, the semantic net on its own thread
+    at most `rate` times a second; each mask carries the stamp of the frame it was computed from and equals that
+    frame's labels; the cloud carries the latest mask (all 255 before the first one) with the same fields."""
+    from semdepth_core.infer import load_predictor
+
+    frames, K = kitti_frames
+    ref = load_predictor(checkpoint, backend="torch")
+    node = NodeProcess(tmp_path, checkpoint, ["-p", "semantics.rate:=2.0"]
+                       + _reliable_overrides("depth", "semantic", "points"))
+    try:
+        _wait_serving(probe, node)
+        probe.warm_up(frames[0], K, ("depth", "points"))
+        sent = {}
+        t0 = time.monotonic()
+        for i in range(12):  # faster than 2 Hz: not every frame can get labels
+            sec = 500 + i
+            sent[sec] = frames[i % 2]
+            probe.send(sent[sec], sec, K)
+            probe.wait_output(sec, "points")
+        elapsed = time.monotonic() - t0
+        probe.spin_until(lambda: probe.got["semantic"], 20, "a semantic mask")
+        probe.spin_for(lambda: False, 1.5)  # the mask of a late frame may still be on its way
+        masks = [m for m in probe.got["semantic"] if m.header.stamp.sec in sent]
+        assert masks and len(masks) <= 2.0 * elapsed + 2 and len(masks) < len(sent), (len(masks), elapsed)
+        for m in masks:  # the mask of the frame it names, published with that frame's stamp
+            expect = ref.predict(sent[m.header.stamp.sec]).labels
+            np.testing.assert_array_equal(C.image_msg_to_array(m), expect)
+        known = {m.header.stamp.sec: C.image_msg_to_array(m)[::2, ::2] for m in probe.got["semantic"]}
+        blank = np.full_like(next(iter(known.values())), 255)
+        for sec in sent:
+            pts = probe.outputs_for("points", sec)[-1]
+            assert [f.name for f in pts.fields] == ["x", "y", "z", "rgb", "label"]
+            lab = C.pointcloud2_to_array(pts)["label"]
+            assert np.array_equal(lab, blank) or any(np.array_equal(lab, v) for s, v in known.items() if s <= sec), sec
+        probe.spin_until(lambda: probe.diag().get("semantics.mode") == "async"
+                         and int(probe.diag().get("semantic_frames", 0)) >= len(masks), 10, "async diagnostics")
+        d = probe.diag()
+        assert float(d["semantics.label_age_ms"]) >= 0 and "time_ms.semantics" in d
+    finally:
+        rc = node.stop(signal.SIGINT)
+    assert rc == 0 and "Traceback" not in node.log()
+
+
+@pytest.mark.ros
 def test_model_load_failure_keeps_node_up_with_error_diagnostics(tmp_path, probe, kitti_frames):
     frames, K = kitti_frames
     node = NodeProcess(tmp_path, tmp_path / "missing.pt")
@@ -610,7 +656,7 @@ def test_camera_height_scale_and_ground_check(tmp_path, checkpoint, kitti_frames
     """scale.mode camera_height: model units until CameraInfo gives a ground fit, then depth x the frame's
     camera-height scale; ground_check: counts on /diagnostics, WARN for a flagged frame, params validated."""
     from semdepth_core.infer import load_predictor
-    from semdepth_core.infer.ground import frame_camera_height_scale, infinite_depth_check
+    from semdepth_core.geometry.ground_check import frame_camera_height_scale, infinite_depth_check
     from semdepth_core.infer.processing import inv_depth_to_depth
 
     frames, K = kitti_frames
@@ -712,7 +758,7 @@ def test_model_scale_is_checked_against_the_camera_height(tmp_path, kitti_frames
     scale.check_factor."""
     from conftest import TINY_NODE_MODEL, write_test_checkpoint
     from semdepth_core.infer import load_predictor
-    from semdepth_core.infer.ground import frame_camera_height_scale
+    from semdepth_core.geometry.ground_check import frame_camera_height_scale
     from semdepth_core.infer.processing import inv_depth_to_depth
 
     metric = {**TINY_NODE_MODEL, "loss": {"velocity_weight": 0.1}}  # a checkpoint that claims metric depth

@@ -63,24 +63,48 @@ def pose_graph_path(depth_path: str | Path) -> Path:
     return p.with_name(p.stem + ".pose.onnx")
 
 
+def semantic_graph_path(depth_path: str | Path) -> Path:
+    """Where the separate semantic graph of a split export lives: model.onnx -> model.semantic.onnx."""
+    p = Path(depth_path)
+    return p.with_name(p.stem + ".semantic.onnx")
+
+
+def can_split_semantics(config) -> bool:
+    """True when the semantic net can run apart from the depth net: it exists and guides nothing."""
+    return bool(config.model.semantic.enabled) and not bool(config.model.guidance)
+
+
 # --------------------------------------------------------------------------- wrappers
 
 class DepthGraph(nn.Module):
-    """DepthModel -> (inv_depth scale 0, labels uint8 [, logits])."""
+    """DepthModel -> (inv_depth scale 0, labels uint8 [, logits]); with_semantics=False: inv_depth only
+    (an unguided model whose semantic net is exported as its own graph, `SemanticGraph`)."""
 
-    def __init__(self, depth_model: nn.Module, logits: bool = False):
+    def __init__(self, depth_model: nn.Module, logits: bool = False, with_semantics: bool = True):
         super().__init__()
         self.depth_model = depth_model
         self.logits = logits
+        self.with_semantics = with_semantics
 
     def forward(self, rgb: torch.Tensor):
-        out = self.depth_model(rgb)
+        out = self.depth_model(rgb, with_semantics=self.with_semantics)
         inv = out["inv_depths"][0]
         sem = out.get("sem_logits")
         if sem is None:
             return inv
         labels = torch.argmax(sem, dim=1).to(torch.uint8)
         return (inv, labels, sem) if self.logits else (inv, labels)
+
+
+class SemanticGraph(nn.Module):
+    """DepthModel's semantic net alone: rgb -> labels uint8 [1,H,W] (argmax at the depth input size)."""
+
+    def __init__(self, depth_model: nn.Module):
+        super().__init__()
+        self.depth_model = depth_model
+
+    def forward(self, rgb: torch.Tensor):
+        return torch.argmax(self.depth_model.run_semantic(rgb).logits, dim=1).to(torch.uint8)
 
 
 class PoseGraph(nn.Module):
@@ -224,22 +248,29 @@ def read_metadata(path_or_model) -> dict[str, str]:
 
 
 def export_loaded(models, out: str | Path, net_size: tuple[int, int], pac: str = "decomposed",
-                  logits: bool = False, pose: bool = True, sidecar: bool = False) -> ExportResult:
+                  logits: bool = False, pose: bool = True, sidecar: bool = False,
+                  split_semantics: bool = False) -> ExportResult:
     """Export already-loaded models (infer.loading.LoadedModels) at net_size=(W, H).
 
-    sidecar: also write `<graph>.sha256` integrity records (export cache; see cache_integrity)."""
+    sidecar: also write `<graph>.sha256` integrity records (export cache; see cache_integrity).
+    split_semantics: for an unguided model with a semantic net, the depth graph outputs inv_depth only
+    and the semantic net goes to its own graph (`semantic_graph_path`), so a caller can run them
+    apart (the node's `semantics.rate`)."""
     if pac not in PAC_MODES:
         raise ValueError(f"pac must be one of {PAC_MODES}, got {pac!r}")
+    if split_semantics and not can_split_semantics(models.config):
+        raise ValueError("split_semantics needs a semantic net that guides nothing "
+                         "(model.semantic.enabled: true, model.guidance: false)")
     w, h = net_size
     out = Path(out)
     depth_model = models.depth_model.cpu().eval()
-    has_sem = bool(models.config.model.semantic.enabled)
+    has_sem = bool(models.config.model.semantic.enabled) and not split_semantics
     outputs = ["inv_depth"] + (["labels"] + (["logits"] if logits else []) if has_sem else [])
     meta = {"checkpoint_sha256": models.checkpoint_sha256, "height": h, "width": w, "pac": pac,
             "outputs": ",".join(outputs), "min_depth": models.config.model.min_depth,
-            "max_depth": models.config.model.max_depth}
+            "max_depth": models.config.model.max_depth, "semantics": "split" if split_semantics else "joint"}
     x = torch.rand(1, 3, h, w)
-    graph = DepthGraph(depth_model, logits=logits).eval()
+    graph = DepthGraph(depth_model, logits=logits, with_semantics=has_sem).eval()
     with torch.no_grad():
         if pac == "custom-op":
             with pac_as_custom_op(depth_model) as n_pac:
@@ -255,6 +286,11 @@ def export_loaded(models, out: str | Path, net_size: tuple[int, int], pac: str =
         if found != n_pac:
             raise RuntimeError(f"custom-op export produced {found} {CUSTOM_DOMAIN}::{CUSTOM_OP} nodes for {n_pac} PAC layers")
     _write_model(model, out, sidecar)
+    if split_semantics:
+        with torch.no_grad():
+            sdata = _to_onnx_bytes(SemanticGraph(depth_model).eval(), (x,), ["rgb"], ["labels"], custom=False)
+        _write_model(_finalise(sdata, {**meta, "graph": "semantic", "outputs": "labels"}),
+                     semantic_graph_path(out), sidecar)
 
     pose_path = None
     if pose and models.pose_net is not None:

@@ -13,6 +13,7 @@ camera's frame (driving forward => positive z translation).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class Predictor:
         self.checkpoint = checkpoint
         self._factory = runner_factory
         self._runners: dict[tuple[int, int], Runner] = {self._default_size: runner}
+        self._lock = threading.Lock()
 
     @property
     def size_policy(self) -> str:
@@ -80,14 +82,17 @@ class Predictor:
             return self._default_size
         return processing.network_size_for(image_size, self._default_size[0] * self._default_size[1])
 
-    def _runner_for(self, image_size: tuple[int, int]) -> Runner:
+    def _runner_for(self, image_size: tuple[int, int]) -> tuple[Runner, tuple[int, int]]:
+        """(runner, network size (w, h)) for an image size; safe to call from two threads (the node's
+        depth and semantic threads), each using the size it got back."""
         size = self.net_size_for(image_size)
-        runner = self._runners.get(size)
-        if runner is None:
-            runner = self._runners[size] = self._factory(size)
-        self._runner = runner
-        self._w, self._h = size
-        return runner
+        with self._lock:
+            runner = self._runners.get(size)
+            if runner is None:
+                runner = self._runners[size] = self._factory(size)
+            self._runner = runner
+            self._w, self._h = size
+        return runner, size
 
     # ------------------------------------------------------------- properties
     @property
@@ -125,21 +130,55 @@ class Predictor:
         """Intrinsics for the network input, given K of an image of image_size=(W, H)."""
         return processing.network_intrinsics(K, image_size, self.net_size_for(image_size))
 
+    @property
+    def semantics_separable(self) -> bool:
+        """True when the semantic net can run apart from the depth net (`predict(semantics=False)` +
+        `predict_labels`): the model has one, it guides nothing, and the backend runs it separately."""
+        return (self.has_semantics and not bool(self.config.model.guidance)
+                and callable(getattr(self._runner, "run_semantics", None))
+                and callable(getattr(self._runner, "run_depth_only", None))
+                and getattr(self._runner, "sem_session", True) is not None)
+
     # ---------------------------------------------------------------- predict
-    def predict(self, rgb: np.ndarray) -> Prediction:
-        """HxWx3 uint8 RGB -> Prediction (depth and labels at the input resolution)."""
+    def predict(self, rgb: np.ndarray, semantics: bool = True) -> Prediction:
+        """HxWx3 uint8 RGB -> Prediction (depth and labels at the input resolution).
+
+        semantics=False skips the semantic net where it guides nothing (`semantics_separable`; labels
+        are then None; the caller gets them from `predict_labels`, e.g. on another thread)."""
         t0 = time.perf_counter()
         processing.check_rgb(rgb)
-        runner = self._runner_for((rgb.shape[1], rgb.shape[0]))
-        x = processing.preprocess(rgb, self.input_size)
+        runner, size = self._runner_for((rgb.shape[1], rgb.shape[0]))
+        x = processing.preprocess(rgb, size)
         t1 = time.perf_counter()
-        inv, labels = runner.run_depth(x)
+        if semantics or not self.has_semantics:
+            inv, labels = runner.run_depth(x)
+        else:
+            if not self.semantics_separable:
+                raise RuntimeError(f"{self!r}: the semantic net cannot run apart from the depth net here")
+            inv, labels = runner.run_depth_only(x), None
         t2 = time.perf_counter()
         H, W = rgb.shape[:2]
         inv, depth, lab = processing.postprocess(inv, labels, (W, H), self.min_depth, self.max_depth)
         t3 = time.perf_counter()
         return Prediction(inv, depth, lab, {
             "preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
+
+    def predict_labels(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """HxWx3 uint8 RGB -> (labels [H,W] uint8 trainIds at the input resolution, timings in ms), from
+        the semantic net alone (`semantics_separable`)."""
+        if not self.semantics_separable:
+            raise RuntimeError(f"{self!r}: the semantic net cannot run apart from the depth net here")
+        t0 = time.perf_counter()
+        processing.check_rgb(rgb)
+        runner, size = self._runner_for((rgb.shape[1], rgb.shape[0]))
+        x = processing.preprocess(rgb, size)
+        t1 = time.perf_counter()
+        labels = runner.run_semantics(x)
+        t2 = time.perf_counter()
+        lab = processing.resize_labels(labels, (rgb.shape[1], rgb.shape[0]))
+        t3 = time.perf_counter()
+        return lab, {"sem_preprocess": (t1 - t0) * 1e3, "semantics": (t2 - t1) * 1e3,
+                     "sem_postprocess": (t3 - t2) * 1e3}
 
     def pose_slots(self) -> tuple[int, bool]:
         """(context slot used for the frame pair, whether the pair is fed reversed).
@@ -177,9 +216,9 @@ class Predictor:
         if prev_rgb.shape != rgb.shape:
             raise ValueError(f"prev_rgb {prev_rgb.shape} and rgb {rgb.shape} must have the same shape")
         processing.check_rgb(rgb)
-        runner = self._runner_for((rgb.shape[1], rgb.shape[0]))
-        cur = processing.preprocess(rgb, self.input_size)
-        prev = processing.preprocess(prev_rgb, self.input_size)
+        runner, size = self._runner_for((rgb.shape[1], rgb.shape[0]))
+        cur = processing.preprocess(rgb, size)
+        prev = processing.preprocess(prev_rgb, size)
         slot, reverse = self.pose_slots()
         tgt, other = (prev, cur) if reverse else (cur, prev)
         ctxs = [tgt] * runner.num_context
@@ -216,15 +255,19 @@ def pose_vec_to_mat_np(vec: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------- backends
 
 def tensorrt_available() -> tuple[bool, str]:
-    """(usable, reason): TensorRT importable and a CUDA device visible to torch."""
+    """(usable, reason): TensorRT and pycuda importable and a CUDA device visible (the runtime is pycuda's)."""
     try:
         import tensorrt  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising OSError
         return False, f"TensorRT is not importable ({type(exc).__name__}: {exc})"
-    import torch
+    from semdepth_core.infer.backends.tensorrt_backend import import_pycuda
 
-    if not torch.cuda.is_available():
-        return False, "no CUDA device visible to torch"
+    try:
+        n = import_pycuda().Device.count()
+    except Exception as exc:  # ImportError, or pycuda's driver errors (no driver)
+        return False, str(exc) if isinstance(exc, ImportError) else f"CUDA driver: {type(exc).__name__}: {exc}"
+    if n < 1:
+        return False, "no CUDA device visible to pycuda"
     return True, "ok"
 
 
@@ -262,7 +305,7 @@ def resolve_backend(backend: str, device: str) -> str:
 def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = "cpu",
                    height: int | None = None, width: int | None = None,
                    onnx_path: str | Path | None = None, engine_cache_dir: str | Path | None = None,
-                   precision: str = "fp32") -> Predictor:
+                   precision: str = "fp32", split_semantics: bool = False) -> Predictor:
     """Build a Predictor for `checkpoint` on `backend`.
 
     height/width: a fixed network input size (multiples of 32). Without them the size follows each
@@ -280,6 +323,10 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
 
     "tensorrt" falls back to "onnxruntime" with a WARNING when TensorRT is unusable or the
     engine build fails. Raises CheckpointError for a bad checkpoint.
+    split_semantics: with onnxruntime, export the depth and semantic nets of an unguided model as two
+    graphs, so `predict(semantics=False)` and `predict_labels` each run one (the semantic session with
+    one thread: it is meant to run beside the depth net); ignored where the semantic net guides the
+    depth net or is absent (torch runs them apart anyway; TensorRT keeps one engine).
     """
     from semdepth_core.infer.loading import load_models
 
@@ -313,8 +360,13 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
     if name == "onnxruntime":
         from semdepth_core.infer.backends.onnxruntime_backend import OnnxRuntimeRunner
 
+        from semdepth_core.export.onnx_export import can_split_semantics
+
+        split = bool(split_semantics) and can_split_semantics(cfg)
+
         def make_runner(size):
-            return OnnxRuntimeRunner.create(models, size, device=device, onnx_path=onnx_path, cache_dir=engine_cache_dir)
+            return OnnxRuntimeRunner.create(models, size, device=device, onnx_path=onnx_path, cache_dir=engine_cache_dir,
+                                            split_semantics=split, semantic_threads=1 if split else None)
     else:
         from semdepth_core.infer.backends.torch_backend import TorchRunner
 

@@ -107,11 +107,14 @@ def postprocess(inv_depth: np.ndarray, labels: np.ndarray | None, input_size: tu
     """
     inv = np.asarray(inv_depth, np.float32).reshape(np.shape(inv_depth)[-2:])
     depth = inv_depth_to_depth(upsample_inv_depth(inv, input_size), min_depth, max_depth)
-    lab_out = None
-    if labels is not None:
-        lab = labels_from_argmax(np.asarray(labels).reshape(np.shape(labels)[-2:]))
-        W, H = input_size
-        if lab.shape != (H, W):
-            lab = cv2.resize(lab, (W, H), interpolation=cv2.INTER_NEAREST)
-        lab_out = lab
-    return inv, depth, lab_out
+    return inv, depth, None if labels is None else resize_labels(labels, input_size)
+
+
+def resize_labels(labels: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Argmax class indices [h,w] (or [1,h,w], any integer dtype) -> uint8 trainIds [H,W] at
+    input_size=(W, H) (nearest neighbour; void -> 255)."""
+    lab = labels_from_argmax(np.asarray(labels).reshape(np.shape(labels)[-2:]))
+    W, H = input_size
+    if lab.shape != (H, W):
+        lab = cv2.resize(lab, (W, H), interpolation=cv2.INTER_NEAREST)
+    return lab

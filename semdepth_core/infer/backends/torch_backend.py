@@ -36,6 +36,20 @@ class TorchRunner:
         return inv, labels
 
     @torch.inference_mode()
+    def run_depth_only(self, x: np.ndarray) -> np.ndarray:
+        """Inverse depth [h,w] without running the semantic net (models it does not guide)."""
+        out = self.depth_model(self._tensor(x), with_semantics=False)
+        return out["inv_depths"][0][0, 0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def run_semantics(self, x: np.ndarray) -> np.ndarray:
+        """Class indices [h,w] of the semantic net alone."""
+        sem = self.depth_model.run_semantic(self._tensor(x))
+        if sem is None:
+            raise RuntimeError("the model has no semantic network")
+        return sem.logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+    @torch.inference_mode()
     def run_pose(self, tgt: np.ndarray, ctxs: list[np.ndarray]) -> np.ndarray:
         if self.pose_net is None:
             raise RuntimeError("no pose network loaded")
