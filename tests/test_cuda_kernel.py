@@ -1,6 +1,9 @@
 """The fused PAC kernel (semdepth_core/export/cuda/pac_kernel.cu) compiles for sm_80 and sm_90 with
-nvcc (a real compile: PTX with both kernel entry points, an object with the host launcher), and —
-on a machine with CUDA and CuPy — matches torch's PacConv2d."""
+nvcc (a real compile: PTX with both kernel entry points, an object with the host launcher); the
+plugin's shared library builds with nvcc, is cached on disk (key, atomic write, integrity record,
+healing) and its launcher answers through ctypes (CUDA's own error codes here, without a GPU); a
+CPU emulation of the kernel matches PacConv2d; and, on a machine with CUDA, the nvcc-built
+launcher matches torch's PacConv2d."""
 from __future__ import annotations
 
 import os
@@ -32,7 +35,7 @@ def test_kernel_compiles_to_ptx(arch, tmp_path):
     text = ptx.read_text()
     assert len(text) > 1000
     assert f".target {arch}" in text
-    for name in KERNEL_NAMES.values():  # extern "C": unmangled entry points for CuPy/NVRTC lookup
+    for name in KERNEL_NAMES.values():  # extern "C": unmangled entry points
         assert f".entry {name}(" in text, f"{name} missing from the {arch} PTX"
     # the half kernel converts through float (accumulation in float)
     assert "cvt.f32.f16" in text and "ex2.approx" in text
@@ -50,24 +53,26 @@ def test_kernel_object_exports_host_launcher(tmp_path):
 
 
 def test_kernel_source_is_nvrtc_safe():
-    """Host code must stay behind __CUDACC_RTC__ so CuPy's NVRTC compile sees device code only."""
+    """Host code must stay behind __CUDACC_RTC__ so a device-only compile (NVRTC, or the CPU emulation
+    below) sees no host launcher and no cuda_runtime.h."""
     src = KERNEL_SOURCE.read_text()
     guard = src.index("#ifndef __CUDACC_RTC__")
     assert src.index("#include <cuda_runtime.h>") > guard
     assert src.index('extern "C" int semdepth_pac_conv2d_forward') > guard
     assert src.count("extern \"C\" __global__ void") == 2
+    assert src.index('extern "C" const char* semdepth_cuda_error_string') > guard
 
 
+@needs_nvcc
 def test_kernel_matches_torch_on_gpu():
+    """The nvcc-built library, launched through ctypes with torch's pointers and stream, as the plugin does."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: the kernel can be compiled but not run here")
-    try:
-        import cupy as cp
-    except Exception as exc:
-        pytest.skip(f"CuPy not importable ({type(exc).__name__}: {exc}); the kernel is launched through CuPy")
-    from semdepth_core.export.pac_plugin import launch_pac
+    from semdepth_core.export.pac_plugin import launch_pac, pac_library
     from semdepth_core.nets.pac import PacConv2d
 
+    major, minor = torch.cuda.get_device_capability(0)
+    pac_library(f"sm_{major}{minor}")
     torch.manual_seed(0)
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 1e-2)):
         for sigma_mode, stride, dil in (("layer", 1, 1), ("filter", 2, 2)):
@@ -86,7 +91,139 @@ def test_kernel_matches_torch_on_gpu():
             torch.cuda.synchronize()
             err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
             assert err <= tol, (dtype, sigma_mode, err)
-    assert cp is not None and np is not None
+
+
+# ------------------------------------------------------------------------------------------
+# The plugin's shared library: nvcc build, disk cache, ctypes launcher.
+
+
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory):
+    """(cache dir, library path) of one sm_80 build shared by the tests below."""
+    if NVCC is None:
+        pytest.skip("nvcc not found: the plugin library cannot be built here")
+    from semdepth_core.export.cuda_build import build_pac_library
+
+    cache = tmp_path_factory.mktemp("pac_lib")
+    return cache, build_pac_library("sm_80", cache, nvcc=NVCC)
+
+
+def _copy_cache(src: Path, dst: Path) -> Path:
+    for f in src.iterdir():
+        if f.suffix in (".so", ".sha256"):
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def _no_nvcc(monkeypatch):
+    """Fail the test if nvcc is run for a build (its version is cached per process)."""
+    from semdepth_core.export import cuda_build
+
+    def run(cmd, *a, **k):
+        raise AssertionError(f"unexpected nvcc run: {cmd}")
+
+    monkeypatch.setattr(cuda_build.subprocess, "run", run)
+
+
+def test_plugin_library_builds_with_nvcc_and_is_cached(built_library, monkeypatch):
+    from semdepth_core.export import cuda_build
+
+    cache, path = built_library
+    key = cuda_build.library_cache_key(KERNEL_SOURCE.read_bytes(), cuda_build.nvcc_version(NVCC), "sm_80")
+    assert path == cuda_build.library_path(cache, "sm_80", key) and path.name.startswith("libsemdepth_pac_sm_80_")
+    assert cuda_build.check_integrity(path) == ("ok", "")
+    assert not list(cache.glob("*.tmp"))  # written to a temp file, then moved into place
+    lib = cuda_build.load_library(path)
+    assert lib.semdepth_cuda_error_string(1) == b"invalid argument"
+    _no_nvcc(monkeypatch)
+    assert cuda_build.build_pac_library("sm_80", cache, nvcc=NVCC) == path  # cache hit: nvcc not run
+
+
+def test_library_cache_key_covers_every_dependency():
+    from semdepth_core.export.cuda_build import NVCC_FLAGS, library_cache_key
+
+    base = dict(source=b"__global__ void k() {}", nvcc_version_line="release 13.0, V13.0.88", arch="sm_90")
+    k = library_cache_key(**base)
+    assert len(k) == 64 and k == library_cache_key(**base) == library_cache_key(**{**base, "arch": "90"})
+    for change in ({"source": b"__global__ void k() { }"}, {"nvcc_version_line": "release 12.8, V12.8.93"},
+                   {"arch": "sm_80"}, {"flags": [*NVCC_FLAGS, "-G"]}):
+        assert library_cache_key(**{**base, **change}) != k, change
+
+
+def test_arch_names_normalised_and_bad_ones_refused():
+    from semdepth_core.export.cuda_build import gencode_flags, normalize_arch
+
+    assert normalize_arch("sm_90") == normalize_arch("90") == normalize_arch("9.0") == normalize_arch((9, 0)) == "sm_90"
+    assert normalize_arch("sm_90a") == "sm_90a" and normalize_arch(120) == "sm_120"
+    assert gencode_flags("sm_87") == ["-gencode=arch=compute_87,code=sm_87",
+                                      "-gencode=arch=compute_87,code=compute_87"]
+    for bad in ("hopper", "sm_9", "", "compute_90"):
+        with pytest.raises(ValueError, match="look like sm_90"):
+            normalize_arch(bad)
+
+
+def test_corrupt_cached_library_is_rebuilt(built_library, tmp_path, caplog):
+    from semdepth_core.export import cuda_build
+
+    _, path = built_library
+    cache = _copy_cache(path.parent, tmp_path)
+    cached = cache / path.name
+    cached.write_bytes(cached.read_bytes()[:4096])  # truncated, as by a full disk
+    with caplog.at_level("WARNING"):
+        again = cuda_build.build_pac_library("sm_80", cache, nvcc=NVCC)
+    assert again == cached and cuda_build.check_integrity(again)[0] == "ok"
+    assert any("cached PAC kernel library" in r.getMessage() and "is corrupt" in r.getMessage()
+               for r in caplog.records)
+    cuda_build.load_library(again)
+
+
+def test_unrecorded_cached_library_is_loaded_and_recorded(built_library, tmp_path, monkeypatch):
+    from semdepth_core.export import cuda_build
+
+    _, path = built_library
+    cache = _copy_cache(path.parent, tmp_path)
+    cuda_build.sidecar_path(cache / path.name).unlink()
+    _no_nvcc(monkeypatch)
+    assert cuda_build.build_pac_library("sm_80", cache, nvcc=NVCC) == cache / path.name
+    assert cuda_build.check_integrity(cache / path.name)[0] == "ok"
+
+
+def test_launcher_through_ctypes_reports_cuda_errors(built_library, monkeypatch):
+    """The real library, called as the plugin calls it: bad arguments are refused by the launcher, and
+    on a machine without a GPU the launch reports CUDA's own error (nothing runs, nothing crashes)."""
+    from semdepth_core.export import cuda_build, pac_plugin
+
+    _, path = built_library
+    monkeypatch.setattr(pac_plugin, "_LIBRARY", cuda_build.load_library(path))
+    kw = dict(B=1, Cin=2, H=4, W=4, D=1, Cout=2, k=3, stride=1, padding=1, dilation=1, sigma_per_filter=False,
+              dtype="float32", stream=0)
+    with pytest.raises(RuntimeError, match=r"CUDA error 1 \(invalid argument\).*k=2"):
+        pac_plugin.launch_pac(1, 2, 3, 4, 5, 6, **{**kw, "k": 2})  # even kernel: refused before any launch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the no-GPU launch error cannot be checked")
+    with pytest.raises(RuntimeError, match=r"kernel launch failed with CUDA error \d+ \("):
+        pac_plugin.launch_pac(1, 2, 3, 4, 5, 6, **kw)
+
+
+def test_missing_nvcc_and_prebuilt_library_override(built_library, tmp_path, monkeypatch):
+    from semdepth_core.export import cuda_build
+
+    _, path = built_library
+    monkeypatch.setattr(cuda_build, "find_nvcc", lambda: None)
+    with pytest.raises(ImportError, match=r"nvcc \(CUDA toolkit\) not found.*SEMDEPTH_PAC_LIBRARY"):
+        cuda_build.build_pac_library("sm_80", tmp_path)
+    monkeypatch.setenv("SEMDEPTH_PAC_LIBRARY", str(path))
+    assert cuda_build.pac_library_path() == path  # prebuilt: no nvcc needed
+    monkeypatch.setenv("SEMDEPTH_PAC_LIBRARY", str(tmp_path / "nope.so"))
+    with pytest.raises(cuda_build.PacLibraryError, match="does not exist"):
+        cuda_build.pac_library_path()
+    monkeypatch.undo()  # the real find_nvcc again: a bad $SEMDEPTH_NVCC is named
+    monkeypatch.setenv("SEMDEPTH_NVCC", str(tmp_path / "nvcc"))
+    with pytest.raises(cuda_build.PacLibraryError, match="SEMDEPTH_NVCC.*not an executable"):
+        cuda_build.find_nvcc()
+    (tmp_path / "garbage.so").write_bytes(b"not an ELF")
+    with pytest.raises(cuda_build.PacLibraryError, match="not a loadable PAC kernel library"):
+        cuda_build.load_library(tmp_path / "garbage.so")
 
 
 # ------------------------------------------------------------------------------------------

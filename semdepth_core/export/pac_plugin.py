@@ -1,19 +1,14 @@
 """TensorRT plugin for the `semdepth::PacConv2d` custom op (IPluginV3 implemented in Python).
 
-The plugin launches the fused kernel of `cuda/pac_kernel.cu` (Gaussian kernel of Eq. 5 and the
+The plugin runs the fused kernel of `cuda/pac_kernel.cu` (Gaussian kernel of Eq. 5 and the
 weighted sum of Eq. 4 in one pass, float or __half storage, float accumulation).
 
-Why CuPy RawModule (and not torch.utils.cpp_extension.load_inline):
-  * TensorRT calls `enqueue` with raw device pointers and a raw `cudaStream_t`; CuPy launches a
-    kernel with exactly those (pointer arguments by value, `cupy.cuda.ExternalStream(stream)`),
-    with no tensor wrapping and no extra synchronisation.
-  * RawModule compiles the same .cu file with NVRTC at first use in about a second and caches
-    the binary; load_inline needs a host C++ toolchain and ninja on the GPU machine and a
-    ~1 minute build, and its entry points take torch tensors, not raw pointers.
-  * The .cu keeps its nvcc path too (the `extern "C"` host launcher, guarded by
-    `__CUDACC_RTC__`), so a C++ TensorRT plugin or a shared library can reuse it unchanged.
-If NVRTC cannot compile the file (e.g. headers missing), RawModule is retried with the nvcc
-backend.
+How it launches: `cuda_build.py` compiles the .cu with nvcc into a shared library (cached on disk,
+keyed by source hash + nvcc version + GPU architecture) whose extern "C" host launcher
+`semdepth_pac_conv2d_forward` `enqueue` calls through ctypes with exactly what TensorRT hands it:
+the raw device pointers of the five inputs and the output, and the raw `cudaStream_t`. No tensor
+wrapping, no extra synchronisation, and no CuPy or torch in the engine's process. The launcher
+returns the cudaError_t of the launch; a non-zero one raises RuntimeError with CUDA's message.
 
 Registration: `register_pac_plugin()` registers the creator under the op's name "PacConv2d",
 version "1", namespace "semdepth" in TensorRT's global plugin registry. Python plugins are not
@@ -28,62 +23,71 @@ float16 (TensorRT chooses; INT8 stays outside the plugin).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import ctypes
 
 import numpy as np
+
+from semdepth_core.export.cuda_build import KERNEL_SOURCE, PacLibraryError, load_library, pac_library_path
+
+__all__ = ["PLUGIN_NAME", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "KERNEL_SOURCE", "KERNEL_NAMES", "DTYPE_CODES",
+           "PacLibraryError", "pac_library", "launch_pac", "conv_out_size", "register_pac_plugin"]
 
 PLUGIN_NAME = "PacConv2d"
 PLUGIN_NAMESPACE = "semdepth"
 PLUGIN_VERSION = "1"
-KERNEL_SOURCE = Path(__file__).resolve().parent / "cuda" / "pac_kernel.cu"
 KERNEL_NAMES = {"float32": "pac_conv2d_fwd_f32", "float16": "pac_conv2d_fwd_f16"}
-THREADS = 256
+DTYPE_CODES = {"float32": 0, "float16": 1}  # the launcher's `dtype` argument
 
-_MODULE = None
+_LIBRARY = None
 
 
-def kernel_module():
-    """The compiled RawModule of pac_kernel.cu (compiled once per process)."""
-    global _MODULE
-    if _MODULE is None:
-        import cupy as cp
+def pac_library(arch: str | None = None):
+    """The ctypes handle of the nvcc-built PAC library (built or taken from the cache once per process).
 
-        src = KERNEL_SOURCE.read_text()
-        try:
-            mod = cp.RawModule(code=src, options=("--std=c++14",), name_expressions=None)
-            mod.get_function(KERNEL_NAMES["float32"])  # forces the NVRTC compile now
-        except Exception:
-            mod = cp.RawModule(code=src, options=("--std=c++14",), backend="nvcc")
-            mod.get_function(KERNEL_NAMES["float32"])
-        _MODULE = mod
-    return _MODULE
+    Raises PacLibraryError (an ImportError) when it cannot be found, built or loaded.
+    """
+    global _LIBRARY
+    if _LIBRARY is None:
+        _LIBRARY = load_library(pac_library_path(arch))
+    return _LIBRARY
 
 
 def conv_out_size(n: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one axis."""
     return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
 def launch_pac(x_ptr: int, guide_ptr: int, weight_ptr: int, bias_ptr: int, log_sigma_ptr: int, out_ptr: int,
                B: int, Cin: int, H: int, W: int, D: int, Cout: int, k: int, stride: int, padding: int,
                dilation: int, sigma_per_filter: bool, dtype: str, stream: int) -> None:
-    """Launch the fused kernel on raw device pointers on `stream` (a cudaStream_t as int)."""
-    import cupy as cp
-
-    if dtype not in KERNEL_NAMES:
-        raise ValueError(f"PacConv2d plugin: unsupported dtype {dtype!r}")
-    Ho, Wo = conv_out_size(H, k, stride, padding, dilation), conv_out_size(W, k, stride, padding, dilation)
-    fn = kernel_module().get_function(KERNEL_NAMES[dtype])
-    grid = ((Ho * Wo + THREADS - 1) // THREADS, Cout, B)
-    ptr = np.uint64
-    i32 = np.int32
-    args = (ptr(x_ptr), ptr(guide_ptr), ptr(weight_ptr), ptr(bias_ptr), ptr(log_sigma_ptr), ptr(out_ptr),
-            i32(B), i32(Cin), i32(H), i32(W), i32(D), i32(Cout), i32(Ho), i32(Wo),
-            i32(k), i32(stride), i32(padding), i32(dilation), i32(1 if sigma_per_filter else 0))
-    with cp.cuda.ExternalStream(int(stream)):
-        fn(grid, (THREADS,), args)
+    """Launch the fused kernel on raw device pointers on `stream` (a cudaStream_t as int; 0 = default)."""
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"PacConv2d plugin: unsupported dtype {dtype!r} (expected one of {sorted(DTYPE_CODES)})")
+    dims = {"B": B, "Cin": Cin, "H": H, "W": W, "D": D, "Cout": Cout}
+    bad = {n: v for n, v in dims.items() if int(v) < 1}
+    if bad:
+        raise ValueError(f"PacConv2d plugin: non-positive dimensions {bad}")
+    ptrs = {"x": x_ptr, "guide": guide_ptr, "weight": weight_ptr, "log_sigma": log_sigma_ptr, "out": out_ptr}
+    null = [n for n, v in ptrs.items() if not v]
+    if null:
+        raise ValueError(f"PacConv2d plugin: null device pointer for {', '.join(null)}")
+    lib = pac_library()
+    vp, i32 = ctypes.c_void_p, ctypes.c_int
+    rc = lib.semdepth_pac_conv2d_forward(
+        vp(int(x_ptr)), vp(int(guide_ptr)), vp(int(weight_ptr)), vp(int(bias_ptr) or None), vp(int(log_sigma_ptr)),
+        vp(int(out_ptr)),
+        i32(B), i32(Cin), i32(H), i32(W), i32(D), i32(Cout), i32(k), i32(stride), i32(padding), i32(dilation),
+        i32(1 if sigma_per_filter else 0), i32(DTYPE_CODES[dtype]), vp(int(stream) or None))
+    if rc != 0:
+        msg = lib.semdepth_cuda_error_string(int(rc))
+        msg = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
+        raise RuntimeError(f"PacConv2d plugin: kernel launch failed with CUDA error {int(rc)} ({msg}); "
+                           f"B={B} Cin={Cin} H={H} W={W} D={D} Cout={Cout} k={k} stride={stride} "
+                           f"padding={padding} dilation={dilation} dtype={dtype}")
 
 
 def _decode_field(field) -> object:
+    """A creator field's value: sigma_mode as str, the integer fields as int."""
     data = np.asarray(field.data)
     if data.dtype in (np.int8, np.uint8) and field.name == "sigma_mode":
         return bytes(data.astype(np.uint8)).split(b"\0", 1)[0].decode()
@@ -91,6 +95,7 @@ def _decode_field(field) -> object:
 
 
 def _make_classes():
+    """The plugin and creator classes (defined lazily: they subclass TensorRT's interfaces)."""
     import tensorrt as trt
 
     class PacConv2dPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
@@ -207,13 +212,18 @@ _CREATOR = None
 def register_pac_plugin():
     """Register the PacConv2d creator (namespace "semdepth") once per process; returns it.
 
-    Raises ImportError when TensorRT or CuPy is missing (the plugin cannot run without both).
+    Raises ImportError when TensorRT is missing and PacLibraryError (an ImportError) when the
+    kernel library cannot be built or loaded: the plugin cannot run without both.
     """
     global _CREATOR
     if _CREATOR is not None:
         return _CREATOR
-    import cupy  # noqa: F401  (fail early and clearly: the plugin launches through CuPy)
-    import tensorrt as trt
+    try:
+        import tensorrt as trt
+    except Exception as exc:
+        raise ImportError(f"TensorRT is not importable ({type(exc).__name__}: {exc}); the PacConv2d plugin "
+                          "needs it: pip install '.[trt]'") from exc
+    pac_library()  # fail early and clearly: enqueue launches through this library
 
     _, creator_cls = _make_classes()
     creator = creator_cls()

@@ -1,7 +1,8 @@
-"""TensorRT engines from the exported ONNX graphs (optional extra `[trt]`: tensorrt, cupy).
+"""TensorRT engines from the exported ONNX graphs (optional extra `[trt]`: tensorrt, pycuda).
 
 * `build_engine(onnx_path, precision="fp32"|"fp16"|"int8", cache_dir, calib_dir)` parses the ONNX
-  graph (custom-op PAC nodes map to the `semdepth::PacConv2d` plugin, `pac_plugin.py`), builds a
+  graph (custom-op PAC nodes map to the `semdepth::PacConv2d` plugin, `pac_plugin.py`, whose
+  kernel library nvcc builds and caches on first use, `cuda_build.py`), builds a
   serialised engine and caches it on disk. The cache key is
   sha256(onnx bytes) + TensorRT version + GPU compute capability + precision + input shape, so a
   changed model, TensorRT upgrade or different GPU never reuses a stale engine. Engines and the
@@ -10,7 +11,8 @@
   it (or, without a record, does not deserialise) is deleted and rebuilt with a WARNING, an
   unreadable timing cache is dropped, and stale `*.tmp` leftovers are swept (cache_integrity.py).
 * INT8: `ImageDirCalibrator` (an IInt8EntropyCalibrator2) feeds preprocessed images from a
-  directory, with its calibration table cached beside the engines.
+  directory through a pycuda device buffer, with its calibration table cached beside the engines.
+* The engines run in `infer/backends/tensorrt_backend.py` (pycuda buffers and stream).
 * CLI: `python -m semdepth_core.export tensorrt --build-only --onnx model.onnx [--fp16]
   [--int8 --calib-dir DIR] [--cache-dir DIR]` prebuilds the engine (and the pose graph's, when
   `model.pose.onnx` sits beside it).
@@ -53,12 +55,10 @@ def default_cache_dir() -> Path:
 
 
 def compute_capability(device: int = 0) -> str:
-    import torch
+    """"sm_XY" of CUDA device `device` (through pycuda, else torch); RuntimeError when none is visible."""
+    from semdepth_core.export.cuda_build import device_capability
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device visible to torch")
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm_{major}{minor}"
+    return device_capability(device)
 
 
 def engine_cache_key(onnx_bytes: bytes, trt_version: str, capability: str, precision: str,
@@ -129,9 +129,12 @@ def load_calibration_batch(paths: list[Path], net_size: tuple[int, int]) -> np.n
 
 def make_calibrator(calib_dir: str | Path, net_size: tuple[int, int], cache_file: str | Path,
                     batch_size: int = 1, limit: int | None = 64):
-    """An IInt8EntropyCalibrator2 fed by the images of `calib_dir` (device buffers via torch)."""
+    """An IInt8EntropyCalibrator2 fed by the images of `calib_dir` (a pycuda device buffer)."""
     trt = _trt()
-    import torch
+    from semdepth_core.infer.backends.tensorrt_backend import import_pycuda, primary_context
+
+    cuda = import_pycuda()
+    ctx = primary_context(0)
 
     class ImageDirCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -141,7 +144,9 @@ def make_calibrator(calib_dir: str | Path, net_size: tuple[int, int], cache_file
             self.cache_file = Path(cache_file)
             self.index = 0
             w, h = net_size
-            self.device_buf = torch.empty((batch_size, 3, h, w), dtype=torch.float32, device="cuda")
+            with ctx:
+                self.host_buf = cuda.pagelocked_empty((batch_size, 3, h, w), np.float32)
+                self.device_buf = cuda.mem_alloc(self.host_buf.nbytes)
 
         def get_batch_size(self):
             return self.batch_size
@@ -151,9 +156,10 @@ def make_calibrator(calib_dir: str | Path, net_size: tuple[int, int], cache_file
                 return None
             batch = load_calibration_batch(self.files[self.index:self.index + self.batch_size], net_size)
             self.index += self.batch_size
-            self.device_buf.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize()
-            return [int(self.device_buf.data_ptr())]
+            np.copyto(self.host_buf, batch)
+            with ctx:
+                cuda.memcpy_htod(self.device_buf, self.host_buf)  # synchronous: the builder reads it next
+            return [int(self.device_buf)]
 
         def read_calibration_cache(self):
             return self.cache_file.read_bytes() if self.cache_file.is_file() else None

@@ -15,9 +15,11 @@
 // Layout: NCHW, contiguous. Grid: x over output pixels (Ho*Wo), y over output channels, z over
 // the batch, so all threads of a block share one output channel (uniform weight/bias loads).
 //
-// This file compiles both with nvcc (kernels + the extern "C" host launcher) and with NVRTC
-// (CuPy RawModule, used by the TensorRT plugin): NVRTC defines __CUDACC_RTC__ and sees only the
-// device code. The extern "C" __global__ entry points have unmangled names for module lookup.
+// Built by nvcc into a shared library (semdepth_core/export/cuda_build.py, cached on disk) whose
+// extern "C" host launcher the TensorRT plugin calls through ctypes with TensorRT's raw device
+// pointers and cudaStream_t. Defining __CUDACC_RTC__ compiles the device code only (no host
+// launcher, no cuda_runtime.h): an NVRTC compile, or the host-compiler emulation of the kernels in
+// tests/test_cuda_kernel.py. The extern "C" __global__ entry points keep unmangled names.
 
 #include <cuda_fp16.h>
 
@@ -140,5 +142,11 @@ extern "C" int semdepth_pac_conv2d_forward(
         return (int)cudaErrorInvalidValue;
     }
     return (int)cudaGetLastError();
+}
+
+// Message of a cudaError_t value returned by the launcher (static storage, never null).
+extern "C" const char* semdepth_cuda_error_string(int code)
+{
+    return cudaGetErrorString((cudaError_t)code);
 }
 #endif  // __CUDACC_RTC__
