@@ -380,6 +380,190 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
     return row
 
 
+# ------------------------------------------------------------------------------ camera-rate mode
+def sgemm_gflops(threads: int, n: int = 1024, reps: int = 10) -> float:
+    """Measured fp32 matrix-multiply rate of this machine at `threads` threads (GFLOP/s, best of reps)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        torch.mm(a, b)
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    finally:
+        torch.set_num_threads(old)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def network_gflop(checkpoint: Path, image_size: tuple[int, int]) -> dict:
+    """FLOPs (GFLOP, multiply-add = 2) of one frame's depth net and semantic net at the node's input size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from semdepth_core.infer import load_predictor
+
+    pred = load_predictor(checkpoint, backend="torch")
+    w, h = pred.net_size_for(image_size)
+    model = pred._runner.depth_model
+    x = torch.rand(1, 3, h, w)
+    out = {"network_input": f"{w}x{h}"}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            model(x, with_semantics=False)
+        out["depth_gflop"] = fc.get_total_flops() / 1e9
+        if model.semantic is not None:
+            with FlopCounterMode(display=False) as fc:
+                model.run_semantic(x)
+            out["semantic_gflop"] = fc.get_total_flops() / 1e9
+    return out
+
+
+def run_stream(label: str, checkpoint: Path, backend: str, rate: float, seconds: float, threads: int,
+               image_size: tuple[int, int], log_dir: Path, start_timeout: float, node_params=(),
+               profile: str | None = None) -> dict:
+    """Camera-rate run: frames published at `rate` Hz for `seconds` without waiting for the node (as a camera
+    driver does); output rate = points messages received / seconds, latency per served frame, stage means
+    from /diagnostics."""
+    from semdepth_ros import conversions as C
+
+    domain = random.randint(1, 200)
+    env = ros_env(domain, log_dir / "roslog", threads)
+    env["SEMDEPTH_CACHE"] = str(WORK / "cache")
+    if profile:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = profile  # this process publishes the frames
+    extra = ["-p", "diagnostics_period:=0.25", "-p", f"num_threads:={threads}"]
+    for kv in node_params:
+        extra += ["-p", kv]
+    tag = "_".join([label, backend] + [kv.replace(":=", "-") for kv in node_params])
+    node = NodeProc(node_command(checkpoint, backend, NS, IMG, INFO, ODOM, ("points",), extra), env,
+                    log_dir / f"stream_{tag}.log")
+    cli = Client(domain, NS, IMG, INFO, ODOM, outputs=("points",))
+    rgb, K = sample_image(*image_size)
+    W_img, H_img = image_size
+    row = {"model": label, "backend": backend, "image": f"{W_img}x{H_img}", "rate_hz": rate, "seconds": seconds,
+           "node_params": list(node_params), "fastdds_profile": profile or ""}
+    try:
+        t_start = time.monotonic()
+        cli.wait_serving("points", start_timeout, node.alive)
+        row["startup_s"] = time.monotonic() - t_start
+        base = 1_700_000_000 * 1_000_000_000
+        msg = C.rgb_to_image_msg(rgb, cli.header(base))  # built once: a driver's cost is not the node's
+        info = C.make_camera_info(cli.header(base), K, W_img, H_img)
+        for i in range(3):  # warm-up, one at a time (discovery, first inference)
+            t_ns = base + i * 1_000_000
+            msg.header, info.header = cli.header(t_ns), cli.header(t_ns)
+            deadline = time.monotonic() + start_timeout
+            while not cli.spin_for_cond(lambda: t_ns in cli.arrival["points"], 2.0, node.alive):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no points for the warm-up frames")
+                cli.pub_info.publish(info)
+                cli.pub_img.publish(msg)
+        cli.spin_for(2.0)  # the semantic thread's first result, settling
+        snapshot = cli.fresh_diag(time.monotonic(), count=2)
+        sent = {}
+        period = 1.0 / rate
+        t0 = time.monotonic()
+        n = int(round(seconds * rate))
+        for i in range(n):
+            t_ns = base + 10_000_000_000 + i * int(period * 1e9)
+            msg.header, info.header = cli.header(t_ns), cli.header(t_ns)
+            sent[t_ns] = time.monotonic()
+            cli.pub_info.publish(info)
+            cli.pub_img.publish(msg)
+            next_t = t0 + (i + 1) * period
+            while time.monotonic() < next_t:
+                cli.ex.spin_once(timeout_sec=max(0.0, min(0.005, next_t - time.monotonic())))
+        t_end = time.monotonic()
+        cli.spin_for(1.5)  # frames still in flight
+        after = cli.fresh_diag(time.monotonic(), count=2)
+        got = {t: cli.arrival["points"][t] for t in sent if t in cli.arrival["points"]}
+        lat = np.array([(got[t] - sent[t]) * 1e3 for t in got]) if got else np.array([np.nan])
+        stages, how = _stage_means(snapshot, after)
+        row.update({
+            "frames_sent": n, "send_hz": n / (t_end - t0), "frames_served": len(got),
+            "served_fraction": len(got) / n, "output_hz": len(got) / (t_end - t0),
+            "e2e_ms_median": float(np.median(lat)), "e2e_ms_p90": float(np.percentile(lat, 90)),
+            "stages_ms": stages, "stage_means": how,
+            "semantics_mode": after.get("semantics.mode"), "semantics_rate_hz": after.get("semantics.rate_hz"),
+            "label_age_ms": after.get("semantics.label_age_ms"), "network_input": after.get("network_input"),
+            "frames_dropped_in_node": int(after["frames_dropped"]) - int(snapshot.get("frames_dropped", 0)),
+        })
+    except Exception as exc:  # noqa: BLE001 - one failing config is reported, the others still run
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["node_log_tail"] = node.log()[-2000:]
+    finally:
+        cli.close()
+        node.stop()
+    return row
+
+
+def main_stream(args, given: dict, image_size) -> int:
+    """--rate mode: each checkpoint x backend x node setting at camera rate; breakdown and FLOP bound."""
+    profile = None if args.fastdds_profile == "" else str(Path(args.fastdds_profile or
+                                                               REPO / "config" / "fastdds_large_images.xml"))
+    gflops = sgemm_gflops(args.threads)
+    settings = [tuple(s.split(",")) if s else () for s in (args.node_settings or [""])]
+    log_dir = WORK / "logs"
+    rows, t0 = [], time.monotonic()
+    flops = {label: network_gflop(path, image_size) for label, path in given.items()}
+    for label, path in given.items():
+        for backend in args.backends or BACKENDS:
+            for params in settings:
+                print(f"--- {label} / {backend} / {' '.join(params) or 'defaults'} at {args.rate} Hz", flush=True)
+                row = run_stream(label, path, backend, args.rate, args.seconds, args.threads, image_size, log_dir,
+                                 args.start_timeout, params, profile)
+                f = flops[label]
+                row.update(f)
+                net_gflop = f["depth_gflop"] + f.get("semantic_gflop", 0.0)
+                row["sgemm_bound_ms"] = {"depth": 1e3 * f["depth_gflop"] / gflops,
+                                         "semantics": 1e3 * f.get("semantic_gflop", 0.0) / gflops,
+                                         "both": 1e3 * net_gflop / gflops}
+                if "error" in row:
+                    print(f"    FAILED: {row['error']}\n{row.get('node_log_tail', '')}", flush=True)
+                else:
+                    print(f"    {row['output_hz']:.1f} Hz out of {row['send_hz']:.1f} sent, e2e median "
+                          f"{row['e2e_ms_median']:.0f} ms", flush=True)
+                rows.append(row)
+    keys = ("decode", "preprocess", "network", "postprocess", "semantics", "cloud", "publish", "total")
+    table = []
+    for r in rows:
+        st = r.get("stages_ms", {})
+        t = {"model": r["model"], "backend": r["backend"], "params": " ".join(r["node_params"]) or "defaults",
+             "sent_hz": r.get("send_hz", float("nan")), "out_hz": r.get("output_hz", float("nan")),
+             "e2e_med": r.get("e2e_ms_median", float("nan"))}
+        t.update({f"{k}_ms": st.get(k, float("nan")) for k in keys})
+        t["depth_bound_ms"] = r["sgemm_bound_ms"]["depth"]
+        t["sem_bound_ms"] = r["sgemm_bound_ms"]["semantics"]
+        t["ok"] = "error" not in r
+        table.append(t)
+    print()
+    text = print_table(table)
+    payload = {
+        "mode": "camera rate", "rate_hz": args.rate, "seconds": args.seconds, "threads": args.threads,
+        "resolution": f"{image_size[0]}x{image_size[1]}", "checkpoints": {k: str(v) for k, v in given.items()},
+        "sgemm_gflops": gflops, "fastdds_profile": profile or "",
+        "protocol": "frames published at rate_hz for `seconds` (reliable, the image message built once), as a camera "
+                    "driver does; out_hz = points messages received per second; stage means from the node's "
+                    "/diagnostics (ms per frame; semantics per semantic frame; publish includes cloud); "
+                    "*_bound_ms = FLOPs / measured SGEMM rate at `threads` threads",
+        "target_hz": 20.0,
+        "target_met": {f"{r['model']}/{r['backend']}/{' '.join(r['node_params']) or 'defaults'}":
+                       r.get("output_hz", 0.0) >= 20.0 for r in rows},
+        "wall_s": time.monotonic() - t0, "table": table, "runs": rows, "table_text": text,
+    }
+    path = write_result(args.name, payload, quick=args.quick)
+    print(f"\nwrote {path}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 runs, 1 warm-up + 5 frames")
@@ -395,7 +579,17 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", help="published frame size WxH (default 640x192; 1242x375 with --checkpoint)")
     ap.add_argument("--transports", nargs="+", default=["raw"], choices=("raw", "compressed"),
                     help="image input: raw Image and/or CompressedImage (JPEG) with image_transport:=compressed")
-    ap.add_argument("--name", default="node_latency", help="result name (benchmarks/results/NAME.json)")
+    ap.add_argument("--name", default=None, help="result name (benchmarks/results/NAME.json; default node_latency, "
+                                                 "node_rate with --rate)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="camera-rate mode: publish at this rate (Hz) without waiting and measure the output rate "
+                         "(default checkpoint: the shipped weights at 1242x375)")
+    ap.add_argument("--seconds", type=float, default=None, help="camera-rate mode: seconds of frames (default 20, quick 5)")
+    ap.add_argument("--node-settings", nargs="+", default=None, metavar="K:=V[,K:=V]",
+                    help="camera-rate mode: node parameter sets to compare, e.g. semantics.rate:=0.0 (default: defaults)")
+    ap.add_argument("--fastdds-profile", default=None,
+                    help="camera-rate mode: FASTDDS_DEFAULT_PROFILES_FILE for both sides (default: the shipped "
+                         "config/fastdds_large_images.xml, as the launch file does; '' for none)")
     args = ap.parse_args(argv)
     frames = args.frames or (5 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -405,6 +599,20 @@ def main(argv=None) -> int:
         if not sep or not Path(path).is_file():
             ap.error(f"--checkpoint {text!r}: expected LABEL=PATH of an existing checkpoint")
         given[label] = Path(path).resolve()
+    if args.rate is not None:
+        if args.rate <= 0:
+            ap.error("--rate must be > 0")
+        if not given:
+            from semdepth_ros.params import shipped_checkpoint
+
+            given["default"] = shipped_checkpoint()
+        args.seconds = args.seconds or (5.0 if args.quick else 20.0)
+        args.name = args.name or "node_rate"
+        size = tuple(int(v) for v in args.image_size.lower().split("x")) if args.image_size else (1242, 375)
+        if args.backends is None:
+            args.backends = ["onnxruntime"]
+        return main_stream(args, given, size)
+    args.name = args.name or "node_latency"
     image_size = tuple(int(v) for v in args.image_size.lower().split("x")) if args.image_size else \
         ((1242, 375) if given else (WIDTH, HEIGHT))
     if given:
