@@ -15,7 +15,8 @@ setup(
     description="Semantically-guided self-supervised monocular depth: ROS 2 node and training library",
     packages=find_packages(include=["semdepth_core", "semdepth_core.*", "semdepth_ros", "semdepth_ros.*",
                                     "training", "training.*"]),
-    package_data={"training": ["configs/*.yaml"], "semdepth_core": ["export/cuda/*.cu", "export/cuda/*.h"],
+    package_data={"training": ["configs/*.yaml"],
+                  "semdepth_core": ["export/cuda/*.cu", "export/cuda/*.h", "data/*.txt"],
                   "semdepth_ros": ["weights/*.ckpt", "weights/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

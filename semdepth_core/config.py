@@ -96,6 +96,8 @@ class DataConfig:
     kind: str = "kitti"  # kitti | synthetic | mixed (data.sources) | rosbag (data.root: bag or folder, data.bag)
     root: str = ""  # KITTI raw root (holds YYYY_MM_DD folders); kind rosbag: a rosbag2 folder or a folder of them
     train_split: str = ""  # split file; empty = every frame with context under root
+    # training refuses samples from the 28 Eigen test drives (semdepth_core/data/eigen_test_drives.txt) unless true
+    allow_test_drives: bool = False
     val_root: str = ""  # empty = root
     val_split: str = ""
     height: int = 192

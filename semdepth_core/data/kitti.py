@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from functools import cached_property
+from functools import cached_property, lru_cache
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -777,3 +778,51 @@ def find_drives(root: PathLike) -> list[Path]:
     if not root.is_dir():
         raise KittiMissingFileError(f"{root}: KITTI raw root does not exist")
     return sorted(p for p in root.glob("*/*_drive_*_sync") if p.is_dir())
+
+
+# --------------------------------------------------------------------------------------------
+# Eigen test drives: the guard against training on the test split
+# --------------------------------------------------------------------------------------------
+
+EIGEN_TEST_DRIVES_FILE = "eigen_test_drives.txt"  # package data beside this module
+ALLOW_TEST_DRIVES_FLAG = "data.allow_test_drives"
+_DRIVE_NAME_RE = re.compile(r"^\d{4}_\d{2}_\d{2}_drive_\d{4}_sync$")
+
+
+class TestDriveError(ValueError):
+    """Training samples come from Eigen test drives and the config does not allow it."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+@lru_cache(maxsize=1)
+def eigen_test_drives() -> frozenset[str]:
+    """The 28 Eigen test drive folder names (`2011_09_26_drive_0002_sync`, ...), from the package data file."""
+    text = resources.files("semdepth_core.data").joinpath(EIGEN_TEST_DRIVES_FILE).read_text(encoding="utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    bad = [n for n in names if not _DRIVE_NAME_RE.match(n)]
+    if bad or len(set(names)) != 28:
+        raise KittiFormatError(f"semdepth_core/data/{EIGEN_TEST_DRIVES_FILE}: expected 28 distinct drive folder "
+                               f"names, got {len(set(names))}" + (f" and malformed {bad[:3]}" if bad else ""))
+    return frozenset(names)
+
+
+def is_eigen_test_drive(drive: str) -> bool:
+    """True when `drive` (a drive folder name, with or without `_sync`, or `date/drive`) is an Eigen test drive."""
+    name = str(drive).rstrip("/").rsplit("/", 1)[-1]
+    if not name.endswith("_sync"):
+        name += "_sync"
+    return name in eigen_test_drives()
+
+
+def check_training_drives(drives, allow: bool = False, flag: str = ALLOW_TEST_DRIVES_FLAG) -> list[str]:
+    """The Eigen test drives among `drives` (sorted); raises TestDriveError if there are any and not `allow`."""
+    found = sorted({str(d).rstrip("/").rsplit("/", 1)[-1] for d in drives if is_eigen_test_drive(d)})
+    if found and not allow:
+        raise TestDriveError(
+            f"training would use {len(found)} Eigen test drive(s): {', '.join(found)}. These drives hold the "
+            f"697 Eigen test frames; training on them makes the Eigen test scores meaningless. Train on the "
+            f"Eigen-Zhou split (python -m training.make_split --root KITTI_RAW --out splits/eigen_zhou, then "
+            f"data.train_split: splits/eigen_zhou/train.txt), leave the drives out (data.sources[i].exclude_drives), "
+            f"or, if that is intended, set {flag}: true (--set {flag}=true)")
+    return found
