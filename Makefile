@@ -6,7 +6,7 @@ STAMP := $(VENV)/.semdepth-installed
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all venv bench-quick clean
+.PHONY: demo test test-all venv bench-quick experiments-quick clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ test-all: $(STAMP)
 
 bench-quick: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
+
+# the research probes (experiments/README.md): python -m experiments.NAME --quick
+experiments-quick: $(STAMP)
+	for e in $(filter-out __init__ common,$(basename $(notdir $(wildcard experiments/*.py)))); do \
+		$(PY) -m experiments.$$e --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -39,10 +39,11 @@ def machine_info() -> dict:
     }
 
 
-def write_result(name: str, payload: dict, quick: bool = False) -> Path:
-    """Write benchmarks/results/NAME.json (NAME_quick.json for --quick runs) atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (f"{name}_quick.json" if quick else f"{name}.json")
+def write_result(name: str, payload: dict, quick: bool = False, results: Path | None = None) -> Path:
+    """Write RESULTS/NAME.json (NAME_quick.json for --quick runs) atomically; `results` overrides the folder."""
+    results = Path(results) if results is not None else RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / (f"{name}_quick.json" if quick else f"{name}.json")
     data = {"benchmark": name, "quick": quick, "machine": machine_info(), **payload}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))

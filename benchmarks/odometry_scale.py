@@ -42,13 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import REPO, print_table, write_result
 from benchmarks.node_latency import Client, NodeProc, build_checkpoint, node_command, ros_env
+from semdepth_ros.conversions import stamp_ns
 
 WORK = REPO / "runs" / "bench" / "odometry_scale"
 NS = "/odo_bench"
-
-
-def stamp_ns(h) -> int:
-    return int(h.stamp.sec) * 1_000_000_000 + int(h.stamp.nanosec)
 
 
 def frame_ratio(gt: np.ndarray, pred: np.ndarray) -> tuple[float, int]:

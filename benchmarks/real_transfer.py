@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from benchmarks.train_synthetic import bench_dir, run_stats, run_training
+    from training.budgeted import bench_dir, run_stats, run_training
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

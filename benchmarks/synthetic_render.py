@@ -21,14 +21,15 @@ import numpy as np
 from common import print_table, write_result  # noqa: E402  (adds the repo to sys.path)
 
 from semdepth_core.data import synthetic as S  # noqa: E402
+from semdepth_core.data.synthetic.kitti_writer import _calib_texts, _rig_from_texts  # noqa: E402
 
 TARGET_FPS = 10.0
 
 
 def _setup(frames: int, seed: int, width: int, height: int):
     scene, ego, times = S.make_drive_scene(frames, seed, 10.0, lead_car=False)
-    cam, velo, imu = S._calib_texts(width, height, "2030_01_01")
-    rig = S._rig_from_texts(cam, velo, imu)
+    cam, velo, imu = _calib_texts(width, height, "2030_01_01")
+    rig = _rig_from_texts(cam, velo, imu)
     T_imu_cam = np.linalg.inv(rig.T_cam_imu)
     ego.imu_height = S.CAM_HEIGHT - float(T_imu_cam[2, 3])
     return scene, ego, times, rig, T_imu_cam

@@ -66,6 +66,7 @@ from semdepth_ros.conversions import (
     compressed_image_msg_to_rgb,
     image_msg_to_rgb,
 )
+from semdepth_ros.conversions import stamp_ns as header_stamp_ns  # this module's stamp_ns adds a fallback
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -126,8 +127,7 @@ def open_reader(path: Path):
 
 def stamp_ns(msg, fallback: int) -> int:
     """The message's header stamp in ns, or `fallback` (its receive time) when the stamp is zero."""
-    t = msg.header.stamp
-    ns = int(t.sec) * 1_000_000_000 + int(t.nanosec)
+    ns = header_stamp_ns(msg.header)
     return ns if ns > 0 else int(fallback)
 
 

@@ -30,6 +30,8 @@ from typing import Iterable
 
 import numpy as np
 
+from semdepth_core.geometry.pinhole import pixel_rays, resize_intrinsics
+
 
 class ImageConversionError(ValueError):
     """An Image message cannot be decoded. `kind`: 'encoding', 'size', 'step' or 'truncated'."""
@@ -271,6 +273,11 @@ def labels_to_image_msg(labels: np.ndarray, header=None):
 
 
 # ---------------------------------------------------------------------------------------- camera info
+def stamp_ns(header) -> int:
+    """A std_msgs/Header's stamp as integer nanoseconds (sec * 1e9 + nanosec)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 def camera_info_to_K(msg) -> np.ndarray:
     """CameraInfo.k -> 3x3 float64; raises ValueError for an uncalibrated (zero) matrix."""
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
@@ -279,22 +286,9 @@ def camera_info_to_K(msg) -> np.ndarray:
     return K
 
 
-def scale_K(K: np.ndarray, src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.ndarray:
-    """Half-pixel-rule intrinsics scaling (as semdepth_core.geometry.camera.resize_intrinsics, numpy only).
-
-    Also accepts a 3x4 projection matrix P (its 4th column, fx*Tx / fy*Ty, scales like fx / fy).
-    """
-    (w0, h0), (w, h) = src_size, dst_size
-    if min(w0, h0, w, h) <= 0:
-        raise ValueError(f"image sizes must be positive, got {src_size} -> {dst_size}")
-    sx, sy = w / w0, h / h0
-    M = np.array(K, dtype=np.float64, copy=True)
-    M[0, :] *= sx
-    M[1, :] *= sy
-    # cx' = (cx + 0.5) * sx - 0.5 ; the row multiply above already gave cx*sx
-    M[0, 2] += 0.5 * sx - 0.5
-    M[1, 2] += 0.5 * sy - 0.5
-    return M
+# Half-pixel-rule scaling of a 3x3 K or a 3x4 projection P (its 4th column scales like fx / fy); its one
+# home is semdepth_core.geometry.pinhole, which imports only numpy.
+scale_K = resize_intrinsics
 
 
 def scaled_camera_info(msg, width: int, height: int):
@@ -358,7 +352,7 @@ _RAY_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _rays(K: np.ndarray, h: int, w: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ray slopes of the decimated grid, each [rows, cols] float32 (cached per K and size).
+    """Ray slopes of the decimated grid (geometry.pinhole.pixel_rays), each [rows, cols] float32, cached.
 
     x/z = (u - cx - s*(v - cy)/fy) / fx and y/z = (v - cy) / fy, with s the skew K[0,1].
     The arrays are broadcast views (cheap); `np.ascontiguousarray` them before boolean indexing.
@@ -366,15 +360,10 @@ def _rays(K: np.ndarray, h: int, w: int, stride: int) -> tuple[np.ndarray, np.nd
     key = (h, w, stride) + tuple(float(v) for v in np.asarray(K, np.float64)[:2].reshape(-1))
     hit = _RAY_CACHE.get(key)
     if hit is None:
-        u = np.arange(0, w, stride, dtype=np.float64)
-        v = np.arange(0, h, stride, dtype=np.float64)
-        fx, s, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
-        yr = (v - cy) / fy
-        xr = (u[None, :] - cx - s * yr[:, None]) / fx
+        xr, yr = pixel_rays(K, h, w, stride)
         if len(_RAY_CACHE) > 16:
             _RAY_CACHE.clear()
-        hit = _RAY_CACHE[key] = (np.ascontiguousarray(xr, dtype=np.float32),
-                                 np.ascontiguousarray(np.broadcast_to(yr[:, None], xr.shape), dtype=np.float32))
+        hit = _RAY_CACHE[key] = (np.ascontiguousarray(xr, dtype=np.float32), np.ascontiguousarray(yr, dtype=np.float32))
     return hit
 
 

@@ -90,6 +90,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from semdepth_core.validation import depth_problem, intrinsics_problem, scale_problem, speed_problem
 from semdepth_ros import conversions as C
+from semdepth_ros.conversions import stamp_ns
 from semdepth_ros.params import (  # noqa: F401 - re-exported for users of the node module
     BACKENDS,
     DEPTH_ENCODINGS,
@@ -110,7 +111,6 @@ from semdepth_ros.runtime import (  # noqa: F401 - re-exported
     StageTimes,
     nearest_speed,
     release_memory,
-    stamp_ns,
     twist_speed,
 )
 
@@ -557,10 +557,12 @@ class DepthNode(LifecycleNode):
                                        "no point cloud")
             return
         excl = list(self.p("points.exclude_labels")) if labels is not None else []
+        t0 = time.perf_counter()
         msg = C.depth_to_pointcloud2(header, depth, K, rgb, labels, stride=self.p("points.stride"),
                                      max_range=self.p("points.max_range"), min_range=self.p("points.min_range"),
                                      exclude_labels=excl, organized=self.p("points.organized"),
                                      reuse=self._points_msg)
+        self.times.add("cloud", (time.perf_counter() - t0) * 1e3)  # building the cloud (inside `publish`)
         self._pubs["points"].publish(msg)  # serialised here, so the buffer may be refilled next frame
         self._points_msg = msg
 
@@ -605,7 +607,7 @@ class DepthNode(LifecycleNode):
 
     def _check_ground(self, depth_net, K_net, scale: float) -> None:
         """Infinite-depth hole check of one frame (never raises: failures count as unchecked)."""
-        from semdepth_core.infer.ground import HoleCheck, infinite_depth_check
+        from semdepth_core.geometry.ground_check import HoleCheck, infinite_depth_check
 
         if K_net is None:
             self._ground_stats.record(HoleCheck(False, 0, False, math.nan, "no usable CameraInfo"))
@@ -654,7 +656,8 @@ class DepthNode(LifecycleNode):
 
     def _reset_scale(self) -> None:
         from semdepth_core.infer import ScaleEstimator
-        from semdepth_core.infer.ground import CameraHeightScaleEstimator, HoleCheckStats, ModelScaleCheck
+        from semdepth_core.geometry.ground_check import HoleCheckStats
+        from semdepth_core.infer.scale import CameraHeightScaleEstimator, ModelScaleCheck
 
         if self._ground_stats is None:
             self._ground_stats = HoleCheckStats()

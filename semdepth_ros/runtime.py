@@ -98,10 +98,6 @@ def twist_speed(msg) -> float:
     return float(math.sqrt(v.x * v.x + v.y * v.y + v.z * v.z))
 
 
-def stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def nearest_speed(samples, t_ns: int, timeout_s: float) -> float | None:
     """Speed of the odometry sample nearest to t_ns within timeout_s; samples = [(stamp_ns, speed)]."""
     best = None

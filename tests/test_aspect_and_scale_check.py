@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semdepth_core.infer import load_predictor
-from semdepth_core.infer.ground import ModelScaleCheck
+from semdepth_core.infer.scale import ModelScaleCheck
 from semdepth_core.infer.processing import network_size_for
 
 from conftest import CAM_HEIGHT, ROAD_K as K, TINY_NODE_MODEL, road_depth, write_test_checkpoint

@@ -1,6 +1,6 @@
 """Camera-height metric scale and the infinite-depth hole check (issue 7; paper §4.3).
 
-Pure pieces (semdepth_core/infer/ground.py) on constructed depth maps of a flat road 1.65 m below
+Pure pieces (semdepth_core/geometry/ground_check.py, infer/scale.py) on constructed depth maps of a flat road 1.65 m below
 the camera, and `training.evaluate --camera-height` on a 4-frame synthetic drive: once with a
 constructed "prediction" (the drive's dense ground truth divided by a known factor, so the GT-free
 scale must recover that factor and the metrics must be near perfect), once through a real
@@ -18,12 +18,8 @@ import pytest
 import torch
 
 from semdepth_core.geometry.ground_plane import camera_height_scale
-from semdepth_core.infer.ground import (
-    CameraHeightScaleEstimator,
-    HoleCheckStats,
-    frame_camera_height_scale,
-    infinite_depth_check,
-)
+from semdepth_core.geometry.ground_check import HoleCheckStats, frame_camera_height_scale, infinite_depth_check
+from semdepth_core.infer.scale import CameraHeightScaleEstimator
 
 from conftest import CAM_HEIGHT, road_depth as _road_depth, ROAD_H as H, ROAD_K as K, ROAD_W as W
 

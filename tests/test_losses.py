@@ -325,7 +325,8 @@ def test_depth_scale_terms_of_normalised_training():
     import math
 
     from semdepth_core.config import LossConfig
-    from semdepth_core.losses.scale import depth_scale_loss, velocity_mean_inv_depth
+    from semdepth_core.losses.scale import depth_scale_loss
+    from semdepth_core.losses.velocity import velocity_mean_inv_depth
     from semdepth_core.losses.sfm import SfmLoss
 
     batch, inv_depths, pose_vecs, K = _random_sfm_inputs()

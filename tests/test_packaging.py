@@ -9,10 +9,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_top_level_layout():
-    for name in ["semdepth_core", "semdepth_ros", "launch", "training", "tests", "package.xml", "setup.py",
-                 "README.md", "config", "benchmarks", "resource/semdepth_ros", "Makefile", ".ci/run"]:
-        assert (REPO / name).exists(), name
+def _imported_top_levels(package: str) -> dict[str, set[str]]:
+    """{module path: top-level names it imports} for every .py file under REPO/package."""
+    out = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        out[str(path.relative_to(REPO))] = names
+    return out
+
+
+def test_layers_core_below_product_below_benchmarks_below_experiments():
+    """semdepth_core imports neither the node nor training; the product never imports benchmarks or the
+    research probes; benchmarks never import the probes."""
+    upper = {"benchmarks", "experiments"}
+    for package in ("semdepth_core", "semdepth_ros", "training"):
+        for path, names in _imported_top_levels(package).items():
+            assert not names & upper, f"{path} imports {sorted(names & upper)}"
+    for path, names in _imported_top_levels("benchmarks").items():
+        assert "experiments" not in names, path
+    for path, names in _imported_top_levels("semdepth_core").items():
+        assert not names & {"semdepth_ros", "training"}, path
 
 
 def test_package_xml_format3_with_real_dependencies():

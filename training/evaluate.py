@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from semdepth_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from semdepth_core.config import Config, ConfigError, config_from_dict
-from semdepth_core.infer.ground import DEFAULT_ROW_FRACTION, frame_camera_height_scale
+from semdepth_core.geometry.ground_check import DEFAULT_ROW_FRACTION, frame_camera_height_scale
 
 
 def load_depth_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:

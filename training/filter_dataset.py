@@ -27,7 +27,7 @@ from semdepth_core.checkpoint import CheckpointError
 from semdepth_core.config import Config, ConfigError, TwoStageConfig, load_config
 from semdepth_core.data.kitti import KittiDrive, read_rgb
 from semdepth_core.data.splits import SampleRef, read_split_file, refs_for_root, write_split_file
-from semdepth_core.infer.ground import infinite_depth_check
+from semdepth_core.geometry.ground_check import infinite_depth_check
 
 
 @dataclass
@@ -61,7 +61,7 @@ def training_images(cfg: Config) -> list[tuple[Path, SampleRef]]:
 def check_frame(depth: np.ndarray, K: np.ndarray, tcfg: TwoStageConfig, metric: bool) -> tuple[int, float, bool, np.ndarray]:
     """(below-ground count, scale used, plane fitted, below mask) for one depth map [h,w] with K at [h,w].
 
-    `semdepth_core.infer.ground.infinite_depth_check` with the two_stage settings: metric depth (or
+    `semdepth_core.geometry.ground_check.infinite_depth_check` with the two_stage settings: metric depth (or
     camera_height 0) is tested as it is, scale-free depth is made metric with the camera height first.
     A frame without a ground fit counts 0 pixels (kept).
     """

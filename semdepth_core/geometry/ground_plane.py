@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semdepth_core.geometry.pinhole import backproject_np
+
 _MAX_SCORE_ENTRIES = 4_000_000  # hypotheses x points evaluated per chunk (bounds memory)
 
 
@@ -99,21 +101,6 @@ def fit_plane_ransac(
         fit_set = tight if tight.sum() >= 3 else inliers
     bn, bd = _orient(bn / np.linalg.norm(bn), float(bd))
     return bn, bd, inliers
-
-
-def backproject_np(depth, K) -> np.ndarray:
-    """Numpy back-projection: depth [H,W], K [3,3] -> camera-frame points [H,W,3]."""
-    depth = np.asarray(depth, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be [H,W], got shape {depth.shape}")
-    if K.shape != (3, 3):
-        raise ValueError(f"K must be 3x3, got shape {K.shape}")
-    H, W = depth.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # [H,W,3]
-    rays = pix @ np.linalg.inv(K).T
-    return rays * depth[..., None]
 
 
 @dataclass

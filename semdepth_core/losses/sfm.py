@@ -12,9 +12,9 @@ from semdepth_core.geometry.warp import view_synthesis
 from semdepth_core.losses.depth_hints import depth_hint_loss, hint_reprojection_loss
 from semdepth_core.losses.photometric import photometric_loss
 from semdepth_core.losses.reprojection import identity_reprojection_loss, min_reprojection_loss
-from semdepth_core.losses.scale import depth_scale_loss, velocity_mean_inv_depth
+from semdepth_core.losses.scale import depth_scale_loss
 from semdepth_core.losses.smoothness import smoothness_loss
-from semdepth_core.losses.velocity import velocity_loss
+from semdepth_core.losses.velocity import velocity_loss, velocity_mean_inv_depth
 
 
 def _mean_normalised(inv_depth: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Two-stage training against infinite depth (paper §4.3) on synthetic drives with a lead car at ego speed.
 
-    python benchmarks/two_stage_synthetic.py [--quick] [--budget-minutes 12]
+    python -m experiments.two_stage_synthetic [--quick] [--budget-minutes 12]
 
 Training drives: seeds 1-6 of training/configs/synthetic_resnet18.yaml, seeds 5 and 6 with a lead car
 moving at ego speed (data.synthetic.lead_car_seeds); with --train-drives 16, seeds 1-16 (the shipped
@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
-from benchmarks.train_synthetic import (  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
+from training.budgeted import (  # noqa: E402
     CONFIGS,
     TEST_SEEDS,
     add_common_args,

@@ -1,6 +1,6 @@
 """Self-supervised fine-tuning on the 8 real KITTI frames (6 triplets), scored against their Velodyne.
 
-    python benchmarks/kitti_finetune.py [--quick] [--minutes 10] [--only baseline|guided]
+    python -m experiments.kitti_finetune [--quick] [--minutes 10] [--only baseline|guided]
 
 Two runs through `python -m training.train`, each for a CPU budget (default 10 minutes):
   baseline  MobileNetV2 (ImageNet encoder) + depth decoder
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml  # noqa: E402
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
-from benchmarks.train_synthetic import evaluate_checkpoint, read_log, run_training  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
+from training.budgeted import evaluate_checkpoint, read_log, run_training  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 KITTI_ROOT = SHARED / "kitti_raw"
@@ -52,7 +52,9 @@ def run_config(name: str, root: Path) -> Path:
     """The run's YAML (written into its folder): KITTI data at 320x96, 2 images per batch, no per-epoch val."""
     cfg = {
         "data": {"kind": "kitti", "root": str(KITTI_ROOT), "height": 96, "width": 320, "batch_size": 2,
-                 "num_workers": 0},
+                 "num_workers": 0,
+                 # transductive by design: the only real frames here include drive 0023, an Eigen test drive
+                 "allow_test_drives": True},
         **RUNS[name],
         "optim": {"step_epochs": 1000},
         "train": {"name": name, "out_dir": str(root), "epochs": 100000, "seed": 42, "val_every_epochs": 0,

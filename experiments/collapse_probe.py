@@ -1,6 +1,6 @@
 """Early-training probe: does a config's depth collapse, and where do depth scale and pose go?
 
-    python benchmarks/collapse_probe.py [--quick] [--steps 170] [--threads 1] [--variant NAME ...]
+    python -m experiments.collapse_probe [--quick] [--steps 170] [--threads 1] [--variant NAME ...]
 
 Each variant is training/configs/synthetic_resnet18*.yaml plus `--set` overrides, trained from the
 same seed for --steps steps through `training.train.Trainer.train_step` (the trainer's own step,
@@ -10,7 +10,7 @@ pose net's translation (norm, and t_z per context: with forward motion the t-1 c
 t_z > 0 and the t+1 context t_z < 0). A run has "collapsed" when smoothness is exactly 0 (constant
 depth, saturated sigmoid) for 20 logged steps in a row.
 
-Writes benchmarks/results/collapse_probe.json; --quick: 20 steps on 16-frame 320x96 drives.
+Writes experiments/results/collapse_probe.json; --quick: 20 steps on 16-frame 320x96 drives.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
-from benchmarks.train_synthetic import CONFIGS, bench_dir, data_overrides  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
+from training.budgeted import CONFIGS, bench_dir, data_overrides  # noqa: E402
 
 # the shipped configs now carry the scale anchor and init_depth 10 (and the velocity configs the
 # velocity-on-depth-scale form); the older variants switch them off to keep their meaning

@@ -1,6 +1,6 @@
 """How wide is the basin of the self-supervised loss around the true depth, per object group?
 
-    python benchmarks/loss_basin.py [--quick] [--data ROOT] [--every 10]
+    python -m experiments.loss_basin [--quick] [--data ROOT] [--every 10]
 
 No network is involved. For every `--every`-th frame of the held-out synthetic drives (seeds 201/202,
 generated as train_synthetic does when `--data` is not given) the dense ground-truth depth is scaled
@@ -21,7 +21,7 @@ every step from 1.2 to 2.5. `rise_far` is the weakest of those steps, min L(s_k+
 below 1 there is a plateau or a false minimum on the way to the truth. `rise_near` is the same for
 too-near depths, stepping from 0.85 down to 0.5.
 
-Writes benchmarks/results/loss_basin.json. --quick: every 30th frame.
+Writes experiments/results/loss_basin.json. --quick: every 30th frame.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
-from benchmarks.error_breakdown import group_masks  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
+from experiments.error_breakdown import group_masks  # noqa: E402
 
 SCALES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5)
 CELLS = (("parked car", 0.0, 4.0), ("parked car", 4.0, 8.0), ("parked car", 8.0, 20.0),
@@ -111,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_data() -> Path:
     """The held-out drives exactly as train_synthetic builds them (cached drives are reused)."""
-    from benchmarks.train_synthetic import (CONFIGS, TEST_SEEDS, bench_dir, combined_root, data_overrides,
+    from training.budgeted import (CONFIGS, TEST_SEEDS, bench_dir, combined_root, data_overrides,
                                             drive_roots)
 
     root = bench_dir("", False) / "test_data"

@@ -1,6 +1,6 @@
 """Semantic guidance vs baseline on synthetic drives (paper §4, Tables 2-3), same data, budget and seed.
 
-    python benchmarks/guided_vs_baseline.py [--quick] [--budget-minutes 15] [--semantic-minutes 5]
+    python -m experiments.guided_vs_baseline [--quick] [--budget-minutes 15] [--semantic-minutes 5]
 
 1. Semantic pre-training: an ESPNet (initialised from the Cityscapes weights, or from scratch with
    --semantic-init scratch) is trained with pixel-wise cross-entropy on the GT trainId maps
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
-from benchmarks.train_synthetic import (  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
+from training.budgeted import (  # noqa: E402
     CONFIGS,
     TEST_SEEDS,
     add_common_args,

@@ -1,6 +1,6 @@
 """Where a trained model's depth error comes from: per object group and ground-truth depth range.
 
-    python benchmarks/error_breakdown.py [--quick] [--checkpoint CKPT] [--data ROOT] [--every 5]
+    python -m experiments.error_breakdown [--quick] [--checkpoint CKPT] [--data ROOT] [--every 5]
 
 For every `--every`-th frame of the held-out synthetic drives (default: the train_synthetic MobileNetV2
 run on its test drives 201/202) the median-scaled prediction is compared with the dense ground truth
@@ -14,7 +14,7 @@ Reading it: where photometric(GT) is well below photometric(pred), the objective
 right depth and the optimiser has not found it (a local minimum); where they are equal, the loss
 cannot tell (an ambiguity that no amount of training fixes).
 
-Writes benchmarks/results/error_breakdown.json. --quick: every 20th frame.
+Writes experiments/results/error_breakdown.json. --quick: every 20th frame.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
 
 DEFAULT_CHECKPOINT = REPO / "runs" / "bench" / "train_synthetic" / "mobilenetv2" / "best.ckpt"
 DEFAULT_DATA = REPO / "runs" / "bench" / "train_synthetic" / "test_data"
@@ -128,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="KITTI-format root with dense GT, semantic and dynamic masks and poses (synthetic drives)")
     p.add_argument("--every", type=int, default=5, help="use every N-th frame")
-    p.add_argument("--name", default="error_breakdown", help="result name (benchmarks/results/NAME.json)")
+    p.add_argument("--name", default="error_breakdown", help="result name (experiments/results/NAME.json)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     return p.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """Which network limits early self-supervised training: the depth net, or the pose net feeding it?
 
-    python benchmarks/pose_oracle.py [--quick] [--steps 600] [--threads 1] [--arm NAME ...]
+    python -m experiments.pose_oracle [--quick] [--steps 600] [--threads 1] [--arm NAME ...]
 
 Arms, all from training/configs/synthetic_mobilenetv2.yaml (same seed, data order and 16 drives),
 trained through `training.train.Trainer.train_step`:
@@ -13,7 +13,7 @@ drive (seed 101), the median GT/pred ratio (1 = metric), the mean photometric lo
 fraction of the last 100 steps, and for the predicted poses the translation direction (cosine to the
 true one) and the rotation error in degrees on the current batch.
 
-Writes benchmarks/results/pose_oracle.json; --quick: 20 steps on 16-frame 320x96 drives.
+Writes experiments/results/pose_oracle.json; --quick: 20 steps on 16-frame 320x96 drives.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, print_table, write_result  # noqa: E402
-from benchmarks.train_synthetic import CONFIGS, bench_dir, data_overrides  # noqa: E402
+from experiments.common import REPO, print_table, write_result  # noqa: E402
+from training.budgeted import CONFIGS, bench_dir, data_overrides  # noqa: E402
 
 ARMS = {
     "predicted": ("synthetic_mobilenetv2.yaml", []),

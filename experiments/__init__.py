@@ -1,0 +1,1 @@
+"""Research probes: measurements that answered one question each about the losses and training (README.md)."""
