@@ -27,7 +27,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from semdepth_core.checkpoint import atomic_write_bytes
-from semdepth_core.config import ConfigError, SemanticConfig, _from_dict, _set_path, parse_override
+from semdepth_core.config import ConfigError, SemanticConfig, from_dict, load_config_data
 from semdepth_core.data.labels import IGNORE, NUM_CLASSES
 from semdepth_core.nets.semantic import build_semantic_net
 
@@ -80,19 +80,9 @@ class SemanticTrainConfig:
 
 def load_train_config(path: str | None, overrides: list[str] | None = None) -> SemanticTrainConfig:
     """YAML file (or defaults) + `key.sub=value` overrides -> validated SemanticTrainConfig."""
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-    for ov in overrides or []:
-        key, value = parse_override(ov)
-        _set_path(data, key, value)
+    data = load_config_data(path, overrides)  # the one config system: same file format, bases and overrides
     data.setdefault("semantic", {}).setdefault("arch", "fpn_resnet18")
-    cfg = _from_dict(SemanticTrainConfig, data)
+    cfg = from_dict(SemanticTrainConfig, data)
     checks = [
         ("semantic.arch", cfg.semantic.arch in ("espnet", "fpn_resnet18", "fpn_resnet50"),
          "must be espnet | fpn_resnet18 | fpn_resnet50"),
