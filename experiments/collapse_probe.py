@@ -54,7 +54,9 @@ def probe(config: str, overrides: list[str], steps: int, out_dir: Path) -> dict:
 
     from semdepth_core.config import load_config
     from semdepth_core.data.dataset import collate
-    from training.train import Trainer, build_datasets
+    # imported here, not at the top: the probe's module stays light (its --help and tables need no torch)
+    from training.data import build_datasets
+    from training.train import Trainer
 
     cfg = load_config(str(CONFIGS / config), overrides + [f"train.out_dir={out_dir}", "train.tensorboard=false"])
     trainer = Trainer(cfg, torch.device("cpu"))

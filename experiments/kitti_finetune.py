@@ -71,7 +71,8 @@ def initial_checkpoint(config: Path, out: Path) -> Path:
     from semdepth_core.checkpoint import save_checkpoint
     from semdepth_core.config import config_to_dict, load_config
     from semdepth_core.nets.model import build_models
-    from training.train import resolved_model_config, seed_everything
+    # imported here, not at the top: the probe's module stays light (its --help and tables need no torch)
+    from training.runtime import resolved_model_config, seed_everything
 
     if out.is_file():
         return out

@@ -57,7 +57,9 @@ def run_arm(name: str, steps: int, quick: bool, out_dir: Path) -> dict:
     from semdepth_core.config import load_config
     from semdepth_core.data.dataset import collate
     from semdepth_core.geometry.se3 import mat_to_pose_vec
-    from training.train import Trainer, build_datasets
+    # imported here, not at the top: the probe's module stays light (its --help and tables need no torch)
+    from training.data import build_datasets
+    from training.train import Trainer
 
     config, extra = ARMS[name]
     cfg = load_config(str(CONFIGS / config), data_overrides(quick) + extra

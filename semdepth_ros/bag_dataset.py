@@ -1,6 +1,6 @@
 """Self-supervised training samples from rosbag2 recordings (sqlite3 or mcap), read with `rosbags`.
 
-This is `data.kind: rosbag` of `training.train` (settings: `data.bag`, `semdepth_core.config.BagConfig`).
+This is `data.kind: rosbag` of `training.data` (settings: `data.bag`, `semdepth_core.config.BagConfig`).
 It needs no ROS installation: messages are deserialised with the rosbags typestore (no rclpy), and
 the items are exactly those of `semdepth_core.data.dataset.FrameDataset` (rgb, rgb_context, K, speed,
 dt, filename, ... and with stereo rgb_stereo / T_stereo), so the trainer is unchanged.

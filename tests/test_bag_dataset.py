@@ -207,7 +207,7 @@ def test_folder_of_bags_and_summary(kitti_bags):
 
 def test_bags_as_a_mixed_source_beside_the_kitti_folder(kitti_bags, kitti_root, capsys):
     from semdepth_core.config import ConfigError
-    from training.train import build_mixed_datasets
+    from training.data import build_mixed_datasets
 
     sources = (f"[{{kind: rosbag, root: '{kitti_bags['raw']}'}}, "
                f"{{kind: kitti, root: '{kitti_root}', drives: [{DRIVE}]}}]")

@@ -249,7 +249,7 @@ def test_training_output_on_a_full_disk_fails_early_with_the_path(tmp_path, monk
     """The trainer probes its output directory before any work; ENOSPC there is a clear error."""
     import errno
 
-    from training.train import check_writable
+    from training.runtime import check_writable
 
     def no_space(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

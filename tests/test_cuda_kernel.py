@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from semdepth_core.export.cache_integrity import check_integrity
 from semdepth_core.export.pac_plugin import KERNEL_NAMES, KERNEL_SOURCE
 
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if os.access("/usr/local/bin/nvcc", os.X_OK) else None)
@@ -131,7 +132,7 @@ def test_plugin_library_builds_with_nvcc_and_is_cached(built_library, monkeypatc
     cache, path = built_library
     key = cuda_build.library_cache_key(KERNEL_SOURCE.read_bytes(), cuda_build.nvcc_version(NVCC), "sm_80")
     assert path == cuda_build.library_path(cache, "sm_80", key) and path.name.startswith("libsemdepth_pac_sm_80_")
-    assert cuda_build.check_integrity(path) == ("ok", "")
+    assert check_integrity(path) == ("ok", "")
     assert not list(cache.glob("*.tmp"))  # written to a temp file, then moved into place
     lib = cuda_build.load_library(path)
     assert lib.semdepth_cuda_error_string(1) == b"invalid argument"
@@ -171,7 +172,7 @@ def test_corrupt_cached_library_is_rebuilt(built_library, tmp_path, caplog):
     cached.write_bytes(cached.read_bytes()[:4096])  # truncated, as by a full disk
     with caplog.at_level("WARNING"):
         again = cuda_build.build_pac_library("sm_80", cache, nvcc=NVCC)
-    assert again == cached and cuda_build.check_integrity(again)[0] == "ok"
+    assert again == cached and check_integrity(again)[0] == "ok"
     assert any("cached PAC kernel library" in r.getMessage() and "is corrupt" in r.getMessage()
                for r in caplog.records)
     cuda_build.load_library(again)
@@ -185,7 +186,7 @@ def test_unrecorded_cached_library_is_loaded_and_recorded(built_library, tmp_pat
     cuda_build.sidecar_path(cache / path.name).unlink()
     _no_nvcc(monkeypatch)
     assert cuda_build.build_pac_library("sm_80", cache, nvcc=NVCC) == cache / path.name
-    assert cuda_build.check_integrity(cache / path.name)[0] == "ok"
+    assert check_integrity(cache / path.name)[0] == "ok"
 
 
 def test_launcher_through_ctypes_reports_cuda_errors(built_library, monkeypatch):

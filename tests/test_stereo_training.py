@@ -113,7 +113,7 @@ def test_depth_hints_pull_only_where_the_hint_reprojects_better(stereo_batch):
 
 # ------------------------------------------------------------------------------ config and data sources
 def test_real_config_sources_on_the_shared_data():
-    from training.train import build_mixed_datasets
+    from training.data import build_mixed_datasets
 
     cfg = load_config(REPO_ROOT / "training" / "configs" / "real_sg.yaml",
                       ["data.height=64", "data.width=192", "data.depth_hints=false", "loss.depth_hint_weight=0"])

@@ -276,7 +276,7 @@ def test_flip_blend_uses_the_mirrored_prediction_at_the_left_border():
 # ----------------------------------------------------------------------------- synthetic data kind
 
 def test_synthetic_drives_are_generated_once_and_reused(tmp_path):
-    from training.train import build_datasets
+    from training.data import build_datasets
 
     cfg_overrides = [
         "data.kind=synthetic", f"data.synthetic.cache_dir={tmp_path}", "data.synthetic.frames=5",

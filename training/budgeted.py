@@ -113,6 +113,8 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
     (re)started with `--resume auto` and max_minutes = the whole budget: the trainer checkpoints
     its elapsed training time, so a resumed run only uses what is left.
     """
+    # torch and the trainer are imported here, not at the top: this module stays stdlib-only at import so that
+    # the benchmarks and probes built on it load (and answer --help) without them
     import torch
 
     from training import train
@@ -152,8 +154,8 @@ def run_training(config: str | Path, run_dir: Path, budget_min: float, overrides
 
 def drive_roots(config: str | Path, overrides: list[str], seeds, lead_seeds=()) -> list[Path]:
     """Generate (once, cached) the drives `seeds` exactly as training does: `synthetic_drive_root`."""
-    from semdepth_core.config import load_config
-    from training.train import synthetic_drive_root
+    from semdepth_core.config import load_config  # imported here: see run_training
+    from training.data import synthetic_drive_root
 
     cfg = load_config(config, overrides)
     cfg.data.synthetic.lead_car_seeds = list(lead_seeds)

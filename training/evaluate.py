@@ -42,12 +42,12 @@ import torch.nn.functional as F
 from semdepth_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from semdepth_core.config import Config, ConfigError, config_from_dict
 from semdepth_core.geometry.ground_check import DEFAULT_ROW_FRACTION, frame_camera_height_scale
+from training.runtime import resolved_model_config
 
 
 def load_depth_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
     """Depth network rebuilt from the checkpoint's embedded config, weights checked against it."""
     from semdepth_core.nets.model import build_models
-    from training.train import resolved_model_config
 
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])

@@ -28,6 +28,8 @@ from semdepth_core.config import Config, ConfigError, TwoStageConfig, load_confi
 from semdepth_core.data.kitti import KittiDrive, read_rgb
 from semdepth_core.data.splits import SampleRef, read_split_file, refs_for_root, write_split_file
 from semdepth_core.geometry.ground_check import infinite_depth_check
+from training.data import synthetic_drive_root
+from training.runtime import resolve_path
 
 
 @dataclass
@@ -40,9 +42,7 @@ class FrameCheck:
 
 
 def training_images(cfg: Config) -> list[tuple[Path, SampleRef]]:
-    """(root, ref) of every training image, enumerated exactly as `training.train` does."""
-    from training.train import resolve_path, synthetic_drive_root
-
+    """(root, ref) of every training image, enumerated exactly as `training.data` does."""
     offsets = tuple(cfg.data.context)
     if cfg.data.kind == "synthetic":
         roots = [synthetic_drive_root(cfg, s) for s in cfg.data.synthetic.train_seeds]
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
         else:
             from semdepth_core.checkpoint import load_checkpoint
-            from training.train import config_with_overrides
+            from semdepth_core.config import config_with_overrides
 
             cfg = config_with_overrides(load_checkpoint(args.checkpoint)["config"], args.overrides)
         report = filter_dataset(cfg, args.checkpoint, args.out, backend=args.backend, device=args.device)

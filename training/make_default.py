@@ -31,6 +31,8 @@ from pathlib import Path
 from semdepth_core.checkpoint import atomic_write_bytes, load_checkpoint, slim_checkpoint
 from semdepth_core.config import load_config
 from semdepth_core.paths import REPO_ROOT
+from training import train
+from training.runtime import resolve_path
 
 DEPTH_CONFIG = REPO_ROOT / "training" / "configs" / "real.yaml"
 DEFAULT_OUT = REPO_ROOT / "semdepth_ros" / "weights" / "default.ckpt"
@@ -62,8 +64,6 @@ def _sources(cfg) -> list[str]:
 def make_default(out: Path, quick: bool = False, work_dir: str | None = None) -> dict:
     import torch
 
-    from training import train
-
     work = work_dir or ("runs/default_quick" if quick else "runs/default")
     over = [f"train.out_dir={work}"]
     if quick:  # two steps, and tiny synthetic drives rendered into the work dir
@@ -71,7 +71,7 @@ def make_default(out: Path, quick: bool = False, work_dir: str | None = None) ->
                  "data.synthetic.frames=4", "data.synthetic.render_width=320", "data.synthetic.render_height=96",
                  f"data.synthetic.cache_dir={work}/synthetic"]
     cfg = load_config(DEPTH_CONFIG, over)
-    run_dir = train.resolve_path(work) / cfg.train.name
+    run_dir = resolve_path(work) / cfg.train.name
 
     t0 = time.time()
     argv = ["--config", str(DEPTH_CONFIG), "--resume", "auto"]

@@ -12,21 +12,17 @@ optimiser, scheduler, step counters, position inside the epoch and every RNG sta
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
-import random
-import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from semdepth_core.checkpoint import (
     CheckpointError,
@@ -37,77 +33,29 @@ from semdepth_core.checkpoint import (
 from semdepth_core.config import (
     Config,
     ConfigError,
-    config_from_dict,
     config_to_dict,
+    config_with_overrides,
     load_config,
-    parse_override,
     save_config,
 )
 from semdepth_core.data.dataset import collate
 from semdepth_core.data.labels import IGNORE, NUM_CLASSES
 from semdepth_core.losses.segdepth import segdepth_loss
 from semdepth_core.losses.sfm import SfmLoss
-from semdepth_core.paths import REPO_ROOT
+from training.data import SeededItems, SkipSampler, build_datasets
+from training.runtime import (
+    check_writable,
+    preserved_rng,
+    resolve_device,
+    resolve_path,
+    resolved_model_config,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+)
 
 # ============================================================================ small utilities
-
-def resolve_path(path: str) -> Path:
-    """Config paths are relative to the repository root unless absolute."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda requested but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def rng_state() -> dict:
-    """Every RNG state as checkpoint-safe (weights_only) values: tensors, ints and lists."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextmanager
-def preserved_rng():
-    """Run a block without disturbing the global torch/numpy/python RNG streams."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def colorize_inv_depth(inv_depth: torch.Tensor) -> np.ndarray:
     """[1,h,w] inverse depth -> HxWx3 uint8 (magma, near = bright), normalised by its 95th percentile."""
@@ -117,317 +65,8 @@ def colorize_inv_depth(inv_depth: torch.Tensor) -> np.ndarray:
     return colorize(v, 0.0, float(np.percentile(v, 95)) + 1e-8, "magma")
 
 
-# ============================================================================ data
-
-class SeededItems(Dataset):
-    """Makes each item's random augmentation a function of (seed, epoch, index) only.
-
-    This keeps a resumed run bit-identical to an uninterrupted one whatever the number of workers
-    or where the epoch was interrupted; the global RNG streams are left untouched.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**31
-        with preserved_rng():
-            seed_everything(item_seed)
-            return self.dataset[index]
-
-
-class SkipSampler(Sampler):
-    """Wraps a DistributedSampler and drops its first `skip` indices (resuming inside an epoch)."""
-
-    def __init__(self, base: DistributedSampler):
-        self.base, self.skip = base, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.base.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self):
-        return iter(list(self.base)[self.skip:])
-
-    def __len__(self) -> int:
-        return max(len(self.base) - self.skip, 0)
-
-
-def synthetic_drive_root(cfg: Config, seed: int) -> Path:
-    """Generate (once) the synthetic drive `seed` into its own KITTI-format root under cache_dir."""
-    from semdepth_core.data.synthetic import generate_drive
-
-    s = cfg.data.synthetic
-    lead = s.lead_car or seed in s.lead_car_seeds
-    from semdepth_core.data.synthetic import GENERATOR_VERSION
-
-    key = (f"seed{seed}_{s.render_width}x{s.render_height}_f{s.frames}_v{s.speed:g}_lead{int(lead)}"
-           f"_gen{GENERATOR_VERSION}")
-    root = resolve_path(s.cache_dir) / key
-    marker = root / ".complete"
-    if marker.is_file():
-        return root
-    if root.exists():  # an interrupted generation: start over
-        shutil.rmtree(root)
-    tmp = root.with_name(f".{key}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    generate_drive(tmp, frames=s.frames, seed=seed, width=s.render_width, height=s.render_height,
-                   lead_car=lead, speed=s.speed)
-    (tmp / ".complete").write_text("ok\n")
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        if not marker.is_file():  # not another process's finished copy of the same drive
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process published it first: reuse theirs
-    return root
-
-
-def make_kitti_dataset(cfg: Config, root: Path, split: str, training: bool, with_gt: bool):
-    from semdepth_core.data.dataset import KittiDataset
-    from semdepth_core.data.splits import read_split_file
-
-    if not root.is_dir():
-        raise ConfigError(f"data.root: {root} is not a directory")
-    what = "data.train_split" if training else "data.val_split"
-    if split and not resolve_path(split).is_file():
-        raise ConfigError(f"{what}: split file {resolve_path(split)} does not exist; generate the Eigen-Zhou lists "
-                          f"from your KITTI raw with `python -m training.make_split --root {root} --out "
-                          f"{resolve_path(split).parent}` (or set {what} to an existing list, or \"\" for every frame)")
-    try:
-        refs = read_split_file(resolve_path(split)) if split else None
-        return KittiDataset(
-            root, refs=refs, height=cfg.data.height, width=cfg.data.width,
-            context=list(cfg.data.context) if training else [],  # validation needs no context frames
-            augment=cfg.data.augment if training else None, with_gt=with_gt, gt_source=cfg.data.gt_source,
-            training=training,
-        )
-    except (OSError, ValueError) as exc:  # KittiFormatError is a ValueError
-        raise ConfigError(f"{what if split else 'data.root'}: cannot build the dataset under {root}: {exc}") from exc
-
-
-def _split_over_roots(cfg: Config, roots: list[Path]) -> list:
-    """data.train_split's frames, each served from the synthetic drive root that holds its drive."""
-    from semdepth_core.data.dataset import KittiDataset
-    from semdepth_core.data.splits import read_split_file
-
-    try:
-        refs = read_split_file(resolve_path(cfg.data.train_split))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"data.train_split: {exc}") from exc
-    datasets, matched = [], 0
-    for root in roots:
-        mine = [r for r in refs if (root / r.date / r.drive).is_dir()]
-        if mine:
-            matched += len(mine)
-            datasets.append(KittiDataset(root, refs=mine, height=cfg.data.height, width=cfg.data.width,
-                                         context=list(cfg.data.context), augment=cfg.data.augment,
-                                         with_gt=False, gt_source=cfg.data.gt_source, training=True))
-    if matched != len(refs):
-        missing = next(r for r in refs if not any((root / r.date / r.drive).is_dir() for root in roots))
-        raise ConfigError(f"data.train_split: {len(refs) - matched} frames are in no training drive "
-                          f"(data.synthetic.train_seeds), e.g. {missing.date}/{missing.drive} {missing.frame}")
-    return datasets
-
-
-def build_datasets(cfg: Config, rank: int, world: int):
-    """(train dataset, val dataset or None); refuses Eigen test drives in training unless data.allow_test_drives."""
-    from semdepth_core.data.kitti import TestDriveError, check_training_drives
-
-    train, val = _build_datasets(cfg, rank, world)
-    try:  # every data kind: a KITTI-layout training sample from one of the 28 Eigen test drives is refused
-        found = check_training_drives(_kitti_drives(train), allow=cfg.data.allow_test_drives)
-    except TestDriveError as exc:
-        raise ConfigError(f"data.allow_test_drives: {exc}") from None
-    if found and rank == 0:
-        print(f"data: training on {len(found)} Eigen test drive(s) ({', '.join(found)}): data.allow_test_drives is "
-              "true, so Eigen test scores of this run are not held-out scores")
-    return train, val
-
-
-def _kitti_drives(ds) -> set[str]:
-    """Drive folder names of the KITTI-layout samples in `ds` (ConcatDatasets searched through)."""
-    from semdepth_core.data.dataset import KittiDataset
-
-    if isinstance(ds, ConcatDataset):
-        return set().union(*(_kitti_drives(d) for d in ds.datasets))
-    return {s.seq.drive for s in ds.samples} if isinstance(ds, KittiDataset) else set()
-
-
-def _build_datasets(cfg: Config, rank: int, world: int):
-    """(train dataset, val dataset or None); synthetic drives are generated by rank 0 first."""
-    if cfg.data.kind == "synthetic":
-        seeds = list(cfg.data.synthetic.train_seeds) + list(cfg.data.synthetic.val_seeds)
-        if set(cfg.data.synthetic.train_seeds) & set(cfg.data.synthetic.val_seeds):
-            raise ConfigError("data.synthetic.val_seeds: must not overlap train_seeds")
-        if rank == 0:
-            for seed in seeds:
-                synthetic_drive_root(cfg, seed)
-        if world > 1:
-            dist.barrier()
-        train_roots = [synthetic_drive_root(cfg, s) for s in cfg.data.synthetic.train_seeds]
-        if cfg.data.train_split:  # e.g. the kept images of two-stage training (§4.3)
-            train = ConcatDataset(_split_over_roots(cfg, train_roots))
-        else:
-            train = ConcatDataset([make_kitti_dataset(cfg, r, "", training=True, with_gt=False) for r in train_roots])
-        vals = [make_kitti_dataset(cfg, synthetic_drive_root(cfg, s), "", training=False, with_gt=True)
-                for s in cfg.data.synthetic.val_seeds]
-        return train, (ConcatDataset(vals) if vals else None)
-
-    if cfg.data.kind == "mixed":
-        if rank == 0:  # synthetic drives are generated once, by rank 0, before every process indexes them
-            for group in (cfg.data.sources, cfg.data.val_sources):
-                for src in group:
-                    if src.kind == "synthetic":
-                        for seed in src.seeds:
-                            synthetic_drive_root(cfg, seed)
-        if world > 1:
-            dist.barrier()
-        return build_mixed_datasets(cfg, verbose=rank == 0)
-
-    if cfg.data.kind == "rosbag":
-        return build_rosbag_datasets(cfg, verbose=rank == 0)
-
-    if not cfg.data.root:
-        raise ConfigError("data.root: required for data.kind: kitti")
-    root = resolve_path(cfg.data.root)
-    train = make_kitti_dataset(cfg, root, cfg.data.train_split, training=True, with_gt=False)
-    val = None
-    if cfg.data.val_split:
-        val_root = resolve_path(cfg.data.val_root) if cfg.data.val_root else root
-        val = make_kitti_dataset(cfg, val_root, cfg.data.val_split, training=False, with_gt=True)
-    return train, val
-
-
-def build_rosbag_datasets(cfg: Config, verbose: bool = True):
-    """data.kind rosbag: training targets from the rosbag2 recording(s) at data.root (semdepth_ros.bag_dataset,
-    imported only here: semdepth_core never imports ROS packages nor rosbags).
-
-    Prints and (rank 0) writes `bag_summary.json` beside the run: per bag its topics, images, kept train / held-out
-    targets and every dropped target counted by reason. The held-out part (data.bag.val_fraction) has no depth
-    ground truth, so it is not validated on here; score it with `semdepth_ros.replay --evaluate`."""
-    try:
-        from semdepth_ros.bag_dataset import BagDataError, build_bag_datasets
-    except ImportError as exc:
-        raise ConfigError(f"data.kind: rosbag needs the rosbags package and semdepth_ros ({exc})") from exc
-    d = cfg.data
-    if not d.root:
-        raise ConfigError("data.root: data.kind rosbag needs a rosbag2 folder or a folder of bags "
-                          "(--set data.root=PATH_TO_BAG)")
-    try:
-        train, val, summary = build_bag_datasets(
-            resolve_path(d.root), d.bag, d.height, d.width, list(d.context), augment=d.augment,
-            stereo=d.stereo, cache_images=d.cache_images, log=print if verbose else None)
-    except BagDataError as exc:
-        raise ConfigError(f"data.root: {exc}") from exc
-    if verbose:
-        print(f"data: rosbag: {summary['train']} training targets, {summary['val']} held out by time"
-              + (" (not validated: bags carry no depth ground truth)" if val is not None else ""))
-        run_dir = resolve_path(cfg.train.out_dir) / cfg.train.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".bag_summary.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, run_dir / "bag_summary.json")
-    return train, None
-
-
-def _source_dataset(cfg: Config, src, key: str, training: bool, hints):
-    """One data.sources entry -> a FrameDataset (training: with context, stereo and hints; validation: GT)."""
-    from semdepth_core.data.dataset import FrameDataset, KittiDataset, OdometryDataset
-    from semdepth_core.data.splits import read_split_file, refs_for_root
-
-    d = cfg.data
-    common = dict(height=d.height, width=d.width, context=list(d.context) if training else [],
-                  augment=d.augment if training else None, training=training,
-                  stereo=d.stereo and training, hints=hints if training else None, cache_images=d.cache_images)
-    try:
-        if src.kind == "rosbag":  # the topics and sampling of data.bag; the summary is printed with the others
-            if not training:
-                raise ConfigError(f"{key}.kind: rosbag recordings have no depth ground truth to validate on")
-            from semdepth_ros.bag_dataset import build_bag_datasets
-
-            return build_bag_datasets(resolve_path(src.root), d.bag, d.height, d.width, list(d.context),
-                                      augment=d.augment, stereo=d.stereo, cache_images=d.cache_images, log=None)[0]
-        if src.kind == "odometry":
-            if not training:
-                raise ConfigError(f"{key}.kind: KITTI odometry has no depth ground truth to validate on")
-            return OdometryDataset(resolve_path(src.root), src.sequences or None, src.cams or [0],
-                                   frame_rate=src.frame_rate, **common)
-        cams = src.cams or [2]
-        roots = ([resolve_path(src.root)] if src.kind == "kitti"
-                 else [synthetic_drive_root(cfg, seed) for seed in src.seeds])
-        parts = []
-        for root in roots:
-            if src.split:  # the split's own cameras
-                refs = read_split_file(resolve_path(src.split))
-            else:  # every frame of each target camera that has its context frames
-                refs = sorted((r for c in cams for r in refs_for_root(root, tuple(common["context"]), cam=c)),
-                              key=lambda r: (r.date, r.drive, r.frame, r.cam))
-            if src.drives:
-                refs = [r for r in refs if r.drive in src.drives]
-            refs = [r for r in refs if r.drive not in src.exclude_drives]
-            if not refs:
-                raise ConfigError(f"{key}: no frames under {root} (drives {src.drives or 'all'}, "
-                                  f"excluded {src.exclude_drives})")
-            parts.append(KittiDataset(root, refs=refs, with_gt=not training, gt_source=src.gt_source, **common))
-        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
-    except (OSError, ValueError) as exc:  # KittiFormatError is a ValueError
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{key}: cannot build the dataset: {exc}") from exc
-
-
-def build_mixed_datasets(cfg: Config, verbose: bool = True):
-    """data.kind mixed: the training sources (each repeated `repeat` times) and the validation sources.
-
-    Prints (when verbose) what each source contributes and every counted skip with its reason."""
-    hints = None
-    if cfg.data.depth_hints:
-        from semdepth_core.data.stereo_hints import StereoHints
-
-        h = cfg.data.hints
-        hints = StereoHints(h.num_disparities, h.block_size, resolve_path(h.cache_dir) if h.cache_dir else None,
-                            h.lr_check, h.min_texture)
-    train_parts, val_parts, report = [], [], []
-    for group, parts, training in (("sources", train_parts, True), ("val_sources", val_parts, False)):
-        for i, src in enumerate(getattr(cfg.data, group)):
-            ds = _source_dataset(cfg, src, f"data.{group}[{i}]", training, hints)
-            parts.extend([ds] * (src.repeat if training else 1))
-            report.append((f"{'train' if training else 'val'} {src.kind} {src.root or src.seeds}", ds,
-                           src.repeat if training else 1))
-    if verbose:
-        for what, ds, repeat in report:
-            skipped: dict[str, int] = {}
-            for p in (ds.datasets if isinstance(ds, ConcatDataset) else [ds]):
-                for reason, n in p.skipped.items():
-                    skipped[reason] = skipped.get(reason, 0) + n
-            line = f"data: {what}: {len(ds)} samples" + (f" (x{repeat} per epoch)" if repeat > 1 else "")
-            if skipped:
-                line += "; skipped " + ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
-            print(line)
-    train = train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)
-    val = (val_parts[0] if len(val_parts) == 1 else ConcatDataset(val_parts)) if val_parts else None
-    return train, val
-
-
-def resolved_model_config(cfg: Config):
-    """cfg.model with weight paths made absolute (config paths are relative to the repository)."""
-    m = copy.deepcopy(cfg.model)
-    for obj, attr in ((m, "pretrained"), (m, "pose_pretrained"), (m.semantic, "weights"),
-                      (m.semantic, "pretrained_backbone")):
-        if getattr(obj, attr):
-            setattr(obj, attr, str(resolve_path(getattr(obj, attr))))
-    return m
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors moved to `device` (non-blocking); other values as they are."""
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
@@ -878,45 +517,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for OUT_DIR/NAME/last.ckpt if present")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides train.device")
     return p.parse_args(argv)
-
-
-def check_writable(run_dir: Path) -> None:
-    """Fail early, with the path in the message, if outputs cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise SystemExit(f"error: output directory {run_dir} is not writable ({exc.strerror or exc})") from exc
-
-
-def setup_distributed(device_name: str) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return rank, world, local_rank
-
-
-def config_with_overrides(data: dict, overrides: list[str]) -> Config:
-    """A checkpoint's embedded config with `key.sub=value` overrides applied, validated."""
-    data = json.loads(json.dumps(data))  # deep copy
-    for text in overrides:
-        key, value = parse_override(text)
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: unknown key")
-        node[parts[-1]] = value
-    return config_from_dict(data)
 
 
 def main(argv: list[str] | None = None) -> int:

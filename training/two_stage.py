@@ -18,11 +18,12 @@ from pathlib import Path
 
 from semdepth_core.checkpoint import CheckpointError
 from semdepth_core.config import Config, ConfigError, load_config
+from training import train
+from training.filter_dataset import filter_dataset, require_kept
+from training.runtime import resolve_path
 
 
 def _state_path(cfg: Config) -> Path:
-    from training.train import resolve_path
-
     return resolve_path(cfg.train.out_dir) / f"{cfg.train.name}_two_stage.json"
 
 
@@ -40,12 +41,9 @@ def _stage_checkpoint(run_dir: Path) -> Path:
 
 def run_two_stage(config_path: str, overrides: list[str], device: str | None = None) -> dict:
     """Run (or resume) stage 1, the filter and stage 2; return the state dict with all paths."""
-    from training import train
-    from training.filter_dataset import filter_dataset, require_kept
-
     cfg = load_config(config_path, overrides)
     name = cfg.train.name
-    out_root = train.resolve_path(cfg.train.out_dir)
+    out_root = resolve_path(cfg.train.out_dir)
     state_path = _state_path(cfg)
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"done": []}
     dev = ["--device", device] if device else []

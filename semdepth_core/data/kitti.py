@@ -564,7 +564,35 @@ def _frames_in(folder: Path, ext: str) -> set[int]:
     return {int(m.group(1)) for p in folder.iterdir() if (m := _FRAME_RE.match(p.name)) and m.group(2) == ext}
 
 
-class KittiDrive:
+class CameraFrames:
+    """Frame numbers of a recording with several cameras (a raw drive, an odometry sequence): per camera, and
+    `frames`, those every camera has."""
+
+    def _index_frames(self, per_cam: dict[int, set[int]]) -> None:
+        """Keep each camera's frame numbers; `frames` are the ones all of them have, sorted."""
+        self._cam_frames = per_cam
+        self.frames: list[int] = sorted(set.intersection(*per_cam.values())) if per_cam else []
+        self._frame_set = set(self.frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __contains__(self, frame: int) -> bool:
+        return frame in self._frame_set
+
+    def has(self, frame: int, cam: int) -> bool:
+        """True when camera `cam` (one of `cams`) has an image for `frame`."""
+        return frame in self._cam_frames.get(cam, ())
+
+    def frames_with_context(self, offsets: tuple[int, ...] = (-1, 1), cam: int | None = None) -> list[int]:
+        """Frames f such that every f + o (o in offsets) is also present (for camera `cam` only, if given)."""
+        if cam is not None:
+            have = self._cam_frames.get(cam, set())
+            return sorted(f for f in have if all(f + o in have for o in offsets))
+        return [f for f in self.frames if all(f + o in self._frame_set for o in offsets)]
+
+
+class KittiDrive(CameraFrames):
     """Index of one `<date>/<date>_drive_XXXX_sync` folder.
 
     `frames` are the frame numbers whose image exists for every camera in `cams` (the drive may
@@ -579,25 +607,12 @@ class KittiDrive:
         self.date_dir = self.path.parent
         self.date = self.date_dir.name
         self.drive = self.path.name
-        sets = {c: _frames_in(self.path / f"image_0{c}" / "data", "png") for c in self.cams}
-        self._cam_frames = sets
-        self.frames: list[int] = sorted(set.intersection(*sets.values())) if sets else []
-        self._frame_set = set(self.frames)
+        self._index_frames({c: _frames_in(self.path / f"image_0{c}" / "data", "png") for c in self.cams})
         self._oxts_cache: dict[int, OxtsPacket] = {}
         self._ts_cache: dict[str, np.ndarray] = {}
 
     def __repr__(self) -> str:
         return f"KittiDrive({self.path}, {len(self.frames)} frames)"
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __contains__(self, frame: int) -> bool:
-        return frame in self._frame_set
-
-    def has(self, frame: int, cam: int) -> bool:
-        """True when camera `cam` (one of `cams`) has an image for `frame`."""
-        return frame in self._cam_frames.get(cam, ())
 
     @cached_property
     def calib(self) -> KittiCalib:
@@ -763,13 +778,6 @@ class KittiDrive:
     def camera_poses(self, frames: list[int], cam: int = 2) -> np.ndarray:
         """[N,4,4] T_world_cam for `frames` from OXTS (Mercator scale of the first listed frame)."""
         return camera_poses([self.oxts(f) for f in frames], self.calib, cam)
-
-    def frames_with_context(self, offsets: tuple[int, ...] = (-1, 1), cam: int | None = None) -> list[int]:
-        """Frames f such that every f + o (o in offsets) is also present (for camera `cam` only, if given)."""
-        if cam is not None:
-            have = self._cam_frames.get(cam, set())
-            return sorted(f for f in have if all(f + o in have for o in offsets))
-        return [f for f in self.frames if all(f + o in self._frame_set for o in offsets)]
 
 
 def find_drives(root: PathLike) -> list[Path]:

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from semdepth_core.data.kitti import (
-    GREY_CAMS, STEREO_PARTNER, KittiFormatError, KittiMissingFileError, read_calib_file, read_image_as_rgb,
-    read_text_file,
+    GREY_CAMS, STEREO_PARTNER, CameraFrames, KittiFormatError, KittiMissingFileError, read_calib_file,
+    read_image_as_rgb, read_text_file,
 )
 from semdepth_core.geometry.camera import resize_intrinsics
 from semdepth_core.geometry.se3 import invert_se3_np
@@ -81,7 +81,7 @@ def _frames_in(folder: Path) -> list[int]:
     return sorted(int(p.stem) for p in folder.iterdir() if p.suffix == ".png" and p.stem.isdigit())
 
 
-class OdometrySequence:
+class OdometrySequence(CameraFrames):
     """One KITTI odometry sequence (`<root>/sequences/<name>`), indexed by the frames present.
 
     cams: the cameras to index (e.g. (0, 1) for greyscale stereo); `frames` are those every one of them
@@ -109,9 +109,7 @@ class OdometrySequence:
         if not per_cam[self.cams[0]]:
             raise KittiMissingFileError(f"{self.path / f'image_{self.cams[0]}'}: no images")
         everything = set.union(*per_cam.values())
-        self._cam_frames = per_cam
-        self.frames = sorted(set.intersection(*per_cam.values()))
-        self._frame_set = set(self.frames)
+        self._index_frames(per_cam)
         self.P = read_odometry_calib(self.path / "calib.txt")
         for c in self.cams:
             if c not in self.P:
@@ -128,16 +126,6 @@ class OdometrySequence:
 
     def __repr__(self) -> str:
         return f"OdometrySequence({self.path}, {len(self.frames)} frames, cams {self.cams})"
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __contains__(self, frame: int) -> bool:
-        return frame in self._frame_set
-
-    def has(self, frame: int, cam: int) -> bool:
-        """True when camera `cam` (one of `cams`) has an image for `frame`."""
-        return frame in self._cam_frames.get(cam, ())
 
     def _read_times(self) -> np.ndarray | None:
         p = self.path / "times.txt"
@@ -236,13 +224,6 @@ class OdometrySequence:
         if gt_source in ("dense", "velodyne"):
             raise KittiMissingFileError(f"{self.path}: KITTI odometry has no depth ground truth (gt_source={gt_source!r})")
         return None
-
-    def frames_with_context(self, offsets: tuple[int, ...] = (-1, 1), cam: int | None = None) -> list[int]:
-        """Frames f such that every f + o (o in offsets) is also present (for camera `cam` only, if given)."""
-        if cam is not None:
-            have = self._cam_frames.get(cam, set())
-            return sorted(f for f in have if all(f + o in have for o in offsets))
-        return [f for f in self.frames if all(f + o in self._frame_set for o in offsets)]
 
 
 def find_odometry_sequences(root: PathLike) -> list[str]:

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from semdepth_core.checkpoint import atomic_write_bytes
 
@@ -98,29 +99,41 @@ def load_onnx_checked(path: str | Path):
     return model
 
 
-def cached_onnx_problem(path: str | Path) -> str | None:
-    """Why a cached graph cannot be used (None when it can): sidecar check, else a load attempt
-    (recording the sidecar when the load succeeds, so later starts take the fast path)."""
-    import onnx
-
+def cached_file_problem(path: str | Path, load_problem: Callable[[Path], str | None]) -> str | None:
+    """Why a cached artifact cannot be used (None when it can): its sidecar check, else (no sidecar) a load
+    attempt, `load_problem(path)` saying why the load failed or None; a successful load records the sidecar,
+    so later starts take the fast path."""
     path = Path(path)
     status, reason = check_integrity(path)
     if status == "ok":
         return None
     if status == "bad":
         return reason
-    model, why = _load_onnx(path)
-    if model is None:
-        return f"{reason}, load failed: {why}"
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        return f"{reason}, ONNX checker failed: {type(exc).__name__}: {exc}"
+    problem = load_problem(path)
+    if problem is not None:
+        return f"{reason}, {problem}"
     try:
         record_integrity(path)
     except OSError as exc:  # read-only cache: still usable
         log.info("could not record the integrity of %s (%s)", path, exc)
     return None
+
+
+def cached_onnx_problem(path: str | Path) -> str | None:
+    """Why a cached graph cannot be used (None when it can): `cached_file_problem` with an ONNX load and check."""
+    import onnx
+
+    def load_problem(p: Path) -> str | None:
+        model, why = _load_onnx(p)
+        if model is None:
+            return f"load failed: {why}"
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            return f"ONNX checker failed: {type(exc).__name__}: {exc}"
+        return None
+
+    return cached_file_problem(path, load_problem)
 
 
 def discard(path: str | Path, what: str, reason: str, action: str) -> None:

@@ -33,7 +33,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from semdepth_core.export.cache_integrity import (check_integrity, discard, record_integrity, sidecar_path,
+from semdepth_core.export.cache_integrity import (cached_file_problem, discard, record_integrity, sidecar_path,
                                                   sweep_stale_tmp)
 
 log = logging.getLogger(__name__)
@@ -234,20 +234,14 @@ def build_pac_library(arch: str | None = None, cache_dir: str | Path | None = No
 def _cached_library_problem(path: Path) -> str | None:
     """Why a cached library cannot be used (None when it can): its integrity record, or, without one,
     a load attempt (recording it on success)."""
-    status, reason = check_integrity(path)
-    if status == "ok":
+    def load_problem(p: Path) -> str | None:
+        try:
+            load_library(p)
+        except PacLibraryError as exc:
+            return str(exc)
         return None
-    if status == "bad":
-        return reason
-    try:
-        load_library(path)
-    except PacLibraryError as exc:
-        return f"{reason}, {exc}"
-    try:
-        record_integrity(path)
-    except OSError as exc:
-        log.info("could not record the integrity of %s (%s)", path, exc)
-    return None
+
+    return cached_file_problem(path, load_problem)
 
 
 def load_library(path: str | Path) -> ctypes.CDLL:

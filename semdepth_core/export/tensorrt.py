@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from semdepth_core.checkpoint import atomic_write_bytes
-from semdepth_core.export.cache_integrity import (GraphFileError, check_integrity, discard, record_integrity,
+from semdepth_core.export.cache_integrity import (GraphFileError, cached_file_problem, discard, record_integrity,
                                                   sidecar_path, sweep_stale_tmp)
 
 log = logging.getLogger(__name__)
@@ -259,20 +259,14 @@ def _timing_cache(config, timing_path: Path):
 def _cached_engine_problem(engine_path: Path) -> str | None:
     """Why a cached engine cannot be used (None when it can): its size + sha256 record, or, for
     engines cached without one, a deserialisation attempt (recording it on success)."""
-    status, reason = check_integrity(engine_path)
-    if status == "ok":
+    def load_problem(path: Path) -> str | None:
+        try:
+            load_engine(path)
+        except Exception as exc:
+            return f"deserialisation failed: {type(exc).__name__}: {exc}"
         return None
-    if status == "bad":
-        return reason
-    try:
-        load_engine(engine_path)
-    except Exception as exc:
-        return f"{reason}, deserialisation failed: {type(exc).__name__}: {exc}"
-    try:
-        record_integrity(engine_path)
-    except OSError as exc:
-        log.info("could not record the integrity of %s (%s)", engine_path, exc)
-    return None
+
+    return cached_file_problem(engine_path, load_problem)
 
 
 def load_engine(engine_path: str | Path):
