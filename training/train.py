@@ -311,11 +311,9 @@ class Trainer:
     def _check_collapse(self, values: dict, record: dict) -> None:
         """Warn once when the depth map has collapsed to a constant (smoothness exactly 0 for many steps).
 
-        A saturated inverse-depth sigmoid gives no gradient and never recovers. Measured cause here
-        (docs/experiments.md): without metric supervision the depth scale is free and drifts until the
-        sigmoid saturates at min_depth (ResNet-18 from scratch: ~40 steps). loss.depth_normalization
-        removes that degree of freedom from the warp, and loss.scale_anchor_weight (or the velocity)
-        holds the raw scale, which the normalised loss no longer sees.
+        A saturated inverse-depth sigmoid gives no gradient and never recovers; how runs got there and
+        what prevents it (loss.depth_normalization with loss.scale_anchor_weight or velocity) is in
+        docs/experiments.md.
         """
         self._flat_steps = self._flat_steps + 1 if values.get("smoothness", 1.0) == 0.0 else 0
         if self._flat_steps == self.COLLAPSE_STEPS:
