@@ -68,6 +68,7 @@ def test_spatial_tiling_matches_reference(monkeypatch, tile, mode):
     """Tiles smaller than a row and than the mirrored-tap shift give the same result and gradients."""
     import semdepth_core.nets.pac as pac_mod
 
+    monkeypatch.setenv("SEMDEPTH_NATIVE_PAC", "0")  # the torch implementation's tiling (not the fused kernel)
     monkeypatch.setattr(pac_mod, "_TILE_FLOATS", tile)
     monkeypatch.setattr(pac_mod, "_MIN_TILE", 1)
     layer = _layer(3, 4, 5, 2, mode, seed=3)  # k=5, dilation 2: shifts up to 2*2*(Wp+1)

@@ -3,6 +3,12 @@
     v'_i = sum_{j in Omega(i)} K(f_i, f_j) W[p_i - p_j] v_j + b                      (Eq. 4)
     K(f_i, f_j) = exp(-1/2 ||f_i - f_j||^2 / sigma^2)                                 (Eq. 5)
 
+On CPU with one sigma per layer (float32/float64, padding <= (k//2)*dilation) the layer runs on a
+fused kernel, `_native_pac` (C compiled on first use: per spatial tile a kernel-modulated im2col and
+one BLAS GEMM, forward and backward, OpenMP across tiles); everything else, and the fallback when
+that kernel is unavailable or disabled (SEMDEPTH_NATIVE_PAC=0, `pac_conv2d(..., native=False)`),
+is the torch implementation below.
+
 Memory-efficient formulation: the input is never unfolded (no k*k*Cin*H*W tensor). The layer
 loops over the k*k kernel taps o; each tap contributes K_o * (W[:, :, o] x_o), where x_o is the
 input shifted by o, W[:, :, o] a [Cout,Cin] matrix (a 1x1 convolution) and K_o the per-pixel
@@ -31,6 +37,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import _native_pac
 
 SIGMA_MODES = ("layer", "filter")
 
@@ -346,8 +354,48 @@ def _check_inputs(x: torch.Tensor, guide: torch.Tensor, weight: torch.Tensor) ->
         raise ValueError(f"PacConv2d: x has {x.shape[1]} channels, the layer expects {weight.shape[1]}")
 
 
-def pac_conv2d(x, guide, weight, bias=None, log_sigma=None, stride=1, padding=1, dilation=1):
-    """Functional Eq. 4-5: x[B,Cin,H,W], guide[B,D,H,W], weight[Cout,Cin,k,k], log_sigma[1|Cout]."""
+class _PacNativeFunction(torch.autograd.Function):
+    """Eq. 4-5 with one sigma per layer on the fused CPU kernel (`_native_pac`), forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, guide, weight, bias, log_sigma, stride, padding, dilation):
+        ctx.conf = (stride, padding, dilation, bias is not None)
+        out, dist = _native_pac.forward(x, guide, weight, bias, log_sigma, stride, padding, dilation, keep_dist=True)
+        # the guide distances ([B,(k*k-1)/2,H,W], 4 maps for 3x3) are kept: backward skips recomputing them
+        ctx.save_for_backward(x, guide, weight, log_sigma, dist)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, guide, weight, log_sigma, dist = ctx.saved_tensors
+        stride, padding, dilation, has_bias = ctx.conf
+        need_x, need_g, need_w, need_b, need_s = ctx.needs_input_grad[:5]
+        gb = grad_out.sum(dim=(0, 2, 3)) if (has_bias and need_b) else None
+        gx, gg, gw, gs = _native_pac.backward(grad_out, x, guide, weight, log_sigma, stride, padding, dilation,
+                                              (need_x, need_g, need_w, need_s), dist=dist)
+        return gx, gg, gw, gb, gs, None, None, None
+
+
+def _use_native(native, x, guide, weight, bias, log_sigma, stride, padding, dilation) -> bool:
+    """Whether this call runs on the fused kernel; native=True insists (error if it cannot)."""
+    if native is False:
+        return False
+    ok = (_native_pac.load() is not None
+          and _native_pac.supported(x, guide, weight, log_sigma, stride, padding, dilation)
+          and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu")))
+    if native is True and not ok:
+        raise RuntimeError("pac_conv2d(native=True): the fused kernel is unavailable or does not cover this call "
+                           "(needs CPU float32/float64, one sigma per layer, padding <= (k//2)*dilation, a C "
+                           "compiler and SEMDEPTH_NATIVE / SEMDEPTH_NATIVE_PAC not 0)")
+    return ok
+
+
+def pac_conv2d(x, guide, weight, bias=None, log_sigma=None, stride=1, padding=1, dilation=1, native=None):
+    """Functional Eq. 4-5: x[B,Cin,H,W], guide[B,D,H,W], weight[Cout,Cin,k,k], log_sigma[1|Cout].
+
+    native: None uses the fused CPU kernel where it applies, False the torch implementation,
+    True requires the fused kernel.
+    """
     tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     if not tracing:  # shapes are static constants while tracing
         _check_inputs(x, guide, weight)
@@ -356,6 +404,10 @@ def pac_conv2d(x, guide, weight, bias=None, log_sigma=None, stride=1, padding=1,
     tensors = (x, guide, weight, log_sigma) + ((bias,) if bias is not None else ())
     if tracing:  # standard ops only, out of place: exports to ONNX
         return _pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation)
+    if _use_native(native, x, guide, weight, bias, log_sigma, stride, padding, dilation):
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+            return _native_pac.forward(x, guide, weight, bias, log_sigma, stride, padding, dilation)
+        return _PacNativeFunction.apply(x, guide, weight, bias, log_sigma, stride, padding, dilation)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
         with torch.no_grad():
             if stride == 1:
