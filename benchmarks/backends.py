@@ -2,7 +2,9 @@
 TensorRT) per model config, through the one `Predictor` interface.
 
 Configs: resnet18 (no semantics), resnet18 guided by ESPNet through PAC, mobilenetv2 guided by
-ESPNet. Random weights (latency does not depend on them). Input: the real KITTI frame
+ESPNet (random weights: latency does not depend on them), and the shipped default weights
+(`shipped_default`: MobileNetV2 + ESPNet at 3x input, unguided). Per config and size the table gives
+torch / ONNX Runtime end-to-end time against the 1.3x target (same checkpoint, same run). Input: the real KITTI frame
 (1242x375 RGB). Network sizes: "640x192" (the paper's MR setting) and "1242x375" = full KITTI
 resolution, run at 1248x384 because the networks need multiples of 32.
 
@@ -10,7 +12,7 @@ Each cell: median (and min) over `--reps` timed `predict` calls after `--warmup`
 into network time and end-to-end (pre + network + post). Writes
 benchmarks/results/backends.json (backends_quick.json with --quick: 640x192 only, guided configs,
 fewer repetitions) with machine info. The CPU default of `backend="auto"`
-(semdepth_core/infer/predictor.py, CPU_DEFAULT_BACKEND) is chosen from the 640x192 rows.
+(semdepth_core/infer/predictor.py, CPU_DEFAULT_BACKEND / CPU_GUIDED_BACKEND) follows these rows.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ CONFIGS = {
     "mobilenetv2_guided_espnet": {"depth_net": "mobilenetv2", "guidance": True,
                                   "semantic": {"enabled": True, "arch": "espnet"}},
 }
-SIZES = {"640x192": (640, 192), "1242x375": (1248, 384)}
+SIZES = {"640x192": (640, 192), "1242x375": (1248, 384), "416x128": (416, 128)}
+SHIPPED = "shipped_default"  # the shipped weights (semdepth_ros/weights/default.ckpt), not a random config
+TORCH_TARGET = 1.3  # torch within 1.3x of ONNX Runtime (issue 22)
 
 
 def make_checkpoint(path: Path, model_cfg: dict) -> Path:
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="640x192, guided configs, 1 warm-up + 3 reps")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--configs", nargs="*", choices=sorted(CONFIGS))
+    ap.add_argument("--configs", nargs="*", choices=sorted(CONFIGS) + [SHIPPED])
     ap.add_argument("--sizes", nargs="*", choices=sorted(SIZES))
     ap.add_argument("--backends", nargs="*", default=None)
     args = ap.parse_args(argv)
@@ -92,8 +96,8 @@ def main(argv=None) -> int:
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)  # same core count for torch and ONNX Runtime (its default: all)
-    configs = args.configs or (["resnet18_guided_espnet", "mobilenetv2_guided_espnet"] if args.quick else list(CONFIGS))
-    sizes = args.sizes or (["640x192"] if args.quick else list(SIZES))
+    configs = args.configs or (["mobilenetv2_guided_espnet", SHIPPED] if args.quick else list(CONFIGS) + [SHIPPED])
+    sizes = args.sizes or (["640x192"] if args.quick else ["640x192", "1242x375"])
     warmup, reps = (1, 3) if args.quick else (args.warmup, args.reps)
     backends = args.backends or ["torch", "onnxruntime"]
     trt_ok, trt_reason = tensorrt_available()
@@ -105,8 +109,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="semdepth_bench_") as tmp:
         tmp = Path(tmp)
         for cname in configs:
-            ckpt = make_checkpoint(tmp / f"{cname}.pt", CONFIGS[cname])
-            for sname in sizes:
+            if cname == SHIPPED:
+                from semdepth_ros.params import shipped_checkpoint
+
+                ckpt = shipped_checkpoint()
+            else:
+                ckpt = make_checkpoint(tmp / f"{cname}.pt", CONFIGS[cname])
+            for sname in sizes + (["416x128"] if cname == SHIPPED and "416x128" not in sizes else []):
                 w, h = SIZES[sname]
                 for backend in backends:
                     device = "cuda" if backend == "tensorrt" else "cpu"
@@ -130,6 +139,18 @@ def main(argv=None) -> int:
     print()
     print_table(rows, ["config", "size", "net_input", "backend", "network_ms_median", "total_ms_median",
                        "network_ms_min", "setup_s"])
+    ratios = []
+    for cname in configs:
+        for sname in {r["size"] for r in rows if r["config"] == cname}:
+            cells = {r["backend"]: r["total_ms_median"] for r in rows if r["config"] == cname and r["size"] == sname}
+            if "torch" in cells and "onnxruntime" in cells:
+                ratio = cells["torch"] / cells["onnxruntime"]
+                ratios.append({"config": cname, "size": sname, "torch_ms": cells["torch"],
+                               "onnxruntime_ms": cells["onnxruntime"], "torch_over_ort": ratio,
+                               "target": TORCH_TARGET, "met": ratio <= TORCH_TARGET})
+    if ratios:
+        print()
+        print_table(ratios)
     # CPU decision at 640x192: per guided config, which CPU backend is faster
     decision = {}
     for cname in ("resnet18_guided_espnet", "mobilenetv2_guided_espnet"):
@@ -140,6 +161,7 @@ def main(argv=None) -> int:
     if decision:
         print("\nCPU backend decision at 640x192:", decision)
     path = write_result("backends", {"rows": rows, "skipped": skipped, "cpu_decision_640x192": decision,
+                                     "torch_vs_onnxruntime": ratios,
                                      "tensorrt": {"available": trt_ok, "reason": trt_reason},
                                      "threads": threads, "warmup": warmup, "machine_extra": {
                                          "onnxruntime": __import__("onnxruntime").__version__}},

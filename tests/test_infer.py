@@ -15,7 +15,7 @@ from semdepth_core.config import config_from_dict, config_to_dict
 from semdepth_core.geometry.se3 import invert_se3, mat_to_pose_vec, pose_vec_to_mat
 from semdepth_core.infer import ScaleEstimator, load_predictor, odometry_scale, resolve_backend
 from semdepth_core.infer import processing
-from semdepth_core.infer.predictor import CPU_DEFAULT_BACKEND, Predictor, tensorrt_available
+from semdepth_core.infer.predictor import CPU_DEFAULT_BACKEND, CPU_GUIDED_BACKEND, Predictor, tensorrt_available
 from semdepth_core.nets.model import build_models
 
 H, W = 96, 320
@@ -257,7 +257,8 @@ def test_tensorrt_falls_back_to_onnxruntime_with_warning(guided_ckpt, predictors
 
 def test_auto_backend_resolution():
     assert resolve_backend("auto", "cpu") == CPU_DEFAULT_BACKEND
-    assert CPU_DEFAULT_BACKEND in ("torch", "onnxruntime")
+    assert resolve_backend("auto", "cpu", guided=True) == CPU_GUIDED_BACKEND
+    assert {CPU_DEFAULT_BACKEND, CPU_GUIDED_BACKEND} <= {"torch", "onnxruntime"}
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("openvino", "cpu")

@@ -271,26 +271,23 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-# Default CPU backend for `auto`: the faster of torch eager and ONNX Runtime at 640x192, as measured
-# by benchmarks/backends.py (real KITTI frame in, median end-to-end predict latency, 2 threads,
-# torch 2.13 vs onnxruntime 1.31, tiled PacConv2d; benchmarks/results/backends.json, full run with
-# warm-up + 3 reps on a near-idle 2-core machine, 2026-11-21 12:29), total ms torch / onnxruntime:
-#   resnet18 guided (ESPNet + PAC)     273 / 211      mobilenetv2 guided     219 / 152
-#   resnet18 (unguided)                141 / 104      (and every 1248x384 cell also favours ORT)
-# => ONNX Runtime. The margin is ~20-30 % and noisy: a single --quick run minutes earlier and the
-# in-node measurements under load (benchmarks/node_latency.py) favoured torch. Re-measure on the
-# target machine; `backend: torch` is one parameter away. ORT's one-off cost is the export on first
-# use (~3 s here), cached on disk by checkpoint sha256 and input size.
-CPU_DEFAULT_BACKEND = "onnxruntime"
+# Default CPU backend for `auto`, per model kind, as measured by benchmarks/backends.py (real KITTI frame,
+# median end-to-end predict, 2 threads, torch 2.13 with channels-last CPU inference and the fused PAC
+# kernel vs onnxruntime; benchmarks/results/backends.json, quiet 2-core machine, 2026-12-07), torch / ORT ms:
+#   guided (ESPNet + PAC) at 640x192:  resnet18 183 / 207,  mobilenetv2 143 / 233   => torch
+#   unguided:  resnet18 118 / 101 (640x192);  shipped default 170 / 151 (416x128)    => ONNX Runtime
+# ORT's one-off cost is the export on first use (~3 s here), cached on disk by checkpoint sha256 and size.
+CPU_DEFAULT_BACKEND = "onnxruntime"  # unguided models (the shipped default)
+CPU_GUIDED_BACKEND = "torch"  # models whose depth decoder is PAC-guided
 
 
-def resolve_backend(backend: str, device: str) -> str:
-    """Which concrete backend `backend` means on `device`.
+def resolve_backend(backend: str, device: str, guided: bool = False) -> str:
+    """Which concrete backend `backend` means on `device` (for a PAC-guided model when `guided`).
 
     * explicit names are returned as is;
     * "auto" on a CUDA device: "tensorrt" when TensorRT is importable, else "torch" on CUDA;
-    * "auto" on the CPU: CPU_DEFAULT_BACKEND, the faster CPU backend as measured by
-      benchmarks/backends.py at 640x192 (numbers in benchmarks/results/backends.json).
+    * "auto" on the CPU: the faster CPU backend for the model kind as measured by benchmarks/backends.py
+      (CPU_GUIDED_BACKEND for guided models, else CPU_DEFAULT_BACKEND; numbers in backends.json).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -299,7 +296,7 @@ def resolve_backend(backend: str, device: str) -> str:
     if str(device).startswith("cuda"):
         ok, _ = tensorrt_available()
         return "tensorrt" if ok else "torch"
-    return CPU_DEFAULT_BACKEND
+    return CPU_GUIDED_BACKEND if guided else CPU_DEFAULT_BACKEND
 
 
 def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = "cpu",
@@ -332,6 +329,8 @@ def load_predictor(checkpoint: str | Path, backend: str = "auto", device: str = 
 
     name = resolve_backend(backend, device)
     models = load_models(checkpoint, "cpu" if name != "torch" else device)
+    if backend == "auto" and not str(device).startswith("cuda") and models.config.model.guidance:
+        name = resolve_backend(backend, device, guided=True)  # the models are already on the CPU
     cfg = models.config
     fixed = height is not None or width is not None or onnx_path is not None
     h = height if height is not None else cfg.data.height
