@@ -102,6 +102,10 @@ class OnnxRuntimeRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads and threads > 0:
             opts.intra_op_num_threads = int(threads)
+        if semantic_path is not None:
+            # two sessions share the cores (the node runs them on two threads): threads that spin while
+            # waiting for work would take the cores from the other session
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers(device)
         self.depth_path = Path(depth_path)
         self.session = ort.InferenceSession(str(depth_path), sess_options=opts, providers=providers)
@@ -115,6 +119,7 @@ class OnnxRuntimeRunner:
             sopts = ort.SessionOptions()
             sopts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sopts.intra_op_num_threads = max(1, int(semantic_threads if semantic_threads is not None else threads or 1))
+            sopts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.sem_session = ort.InferenceSession(str(semantic_path), sess_options=sopts, providers=providers)
             if [o.name for o in self.sem_session.get_outputs()] != ["labels"]:
                 raise ValueError(f"{semantic_path}: expected one 'labels' output")
