@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from semdepth_core.nets import _native_pac
-from semdepth_core.nets.pac import PacConv2d, pac_conv2d_reference
+from semdepth_core.nets.pac import PacConv2d
+from semdepth_core.nets.pac_reference import pac_conv2d_reference
 
 GUIDE_DIM = 32
 FULL = [(128, 160, 48, "layer"), (64, 320, 96, "layer"), (32, 640, 192, "layer"), (16, 640, 192, "layer"),

@@ -13,7 +13,8 @@ import torch
 
 from semdepth_core.export import onnx_export
 from semdepth_core.export.__main__ import main as export_main
-from semdepth_core.export.onnx_export import (CUSTOM_DOMAIN, CUSTOM_OP, export_onnx, pac_conv2d_numpy,
+from semdepth_core.nets.pac_reference import pac_conv2d_numpy
+from semdepth_core.export.onnx_export import (CUSTOM_DOMAIN, CUSTOM_OP, export_onnx,
                                               pose_graph_path, read_metadata)
 from semdepth_core.infer.loading import load_models
 from semdepth_core.nets.pac import PacConv2d

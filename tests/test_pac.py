@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from semdepth_core.nets.pac import PacConv2d, pac_conv2d, pac_conv2d_reference
+from semdepth_core.nets.pac import PacConv2d, pac_conv2d
+from semdepth_core.nets.pac_reference import pac_conv2d_reference
 
 
 def _layer(cin, cout, k, dilation, mode, stride=1, seed=0, dtype=torch.float32):
@@ -66,7 +67,7 @@ def test_other_paddings_match_reference(padding, mode):
 @pytest.mark.parametrize("mode", ["layer", "filter"])
 def test_spatial_tiling_matches_reference(monkeypatch, tile, mode):
     """Tiles smaller than a row and than the mirrored-tap shift give the same result and gradients."""
-    import semdepth_core.nets.pac as pac_mod
+    import semdepth_core.nets.pac_torch as pac_mod
 
     monkeypatch.setenv("SEMDEPTH_NATIVE_PAC", "0")  # the torch implementation's tiling (not the fused kernel)
     monkeypatch.setattr(pac_mod, "_TILE_FLOATS", tile)

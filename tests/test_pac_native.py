@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import semdepth_core.nets._native_pac as native_mod
-from semdepth_core.nets.pac import PacConv2d, pac_conv2d, pac_conv2d_reference
+from semdepth_core.nets.pac import PacConv2d, pac_conv2d
+from semdepth_core.nets.pac_reference import pac_conv2d_reference
 
 pytestmark = pytest.mark.skipif(native_mod.load() is None, reason="fused PAC kernel unavailable (no C compiler?)")
 

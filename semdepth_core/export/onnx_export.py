@@ -35,11 +35,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from semdepth_core.checkpoint import atomic_write_bytes
+from semdepth_core.nets.pac_torch import _out_size as _conv_out  # nn.Conv2d's output-size formula
 
 PAC_MODES = ("decomposed", "custom-op")
 CUSTOM_DOMAIN = "semdepth"
@@ -120,18 +120,14 @@ class PoseGraph(nn.Module):
 
 # ------------------------------------------------------------------- custom PAC op
 
-def _conv_out(n: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
 class PacConv2dOp(torch.autograd.Function):
     """Eq. 4-5 whose ONNX symbolic is a single `semdepth::PacConv2d` node."""
 
     @staticmethod
     def forward(ctx, x, guide, weight, bias, log_sigma, kernel_size, stride, padding, dilation, sigma_mode):
-        from semdepth_core.nets.pac import _pac_loop
+        from semdepth_core.nets.pac_torch import pac_loop
 
-        return _pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation)
+        return pac_loop(x, guide, weight, bias, log_sigma, stride, padding, dilation)
 
     @staticmethod
     def symbolic(g, x, guide, weight, bias, log_sigma, kernel_size, stride, padding, dilation, sigma_mode):
@@ -169,37 +165,6 @@ def pac_as_custom_op(model: nn.Module):
     finally:
         for m in patched:
             del m.forward  # back to the class method
-
-
-def pac_conv2d_numpy(x, guide, weight, bias, log_sigma, kernel_size, stride=1, padding=1, dilation=1):
-    """float64 numpy reference of `semdepth::PacConv2d` (the custom op's semantics, for tests and
-    for checking the CUDA plugin): zero padding of x and guide, Gaussian kernel on the squared
-    guide distance to the window centre, sigma = exp(log_sigma) per layer ([1]) or filter ([Cout])."""
-    x = np.asarray(x, np.float64)
-    guide = np.asarray(guide, np.float64)
-    w = np.asarray(weight, np.float64)
-    B, Cin, H, W = x.shape
-    Cout, _, k, _ = w.shape
-    assert k == kernel_size and k % 2 == 1
-    Ho, Wo = _conv_out(H, k, stride, padding, dilation), _conv_out(W, k, stride, padding, dilation)
-    pad = ((0, 0), (0, 0), (padding, padding), (padding, padding))
-    xp, gp = np.pad(x, pad), np.pad(guide, pad)
-    coef = (-0.5 * np.exp(-2.0 * np.asarray(log_sigma, np.float64).reshape(-1))).reshape(1, -1, 1, 1)
-    c = (k - 1) // 2
-
-    def win(a, n):
-        return slice(a * dilation, a * dilation + (n - 1) * stride + 1, stride)
-
-    g_c = gp[:, :, win(c, Ho), win(c, Wo)]
-    out = np.zeros((B, Cout, Ho, Wo))
-    for a in range(k):
-        for b in range(k):
-            xo = xp[:, :, win(a, Ho), win(b, Wo)]
-            d = ((g_c - gp[:, :, win(a, Ho), win(b, Wo)]) ** 2).sum(1, keepdims=True)
-            out += np.exp(d * coef) * np.einsum("oi,bihw->bohw", w[:, :, a, b], xo)
-    if bias is not None:
-        out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
-    return out
 
 
 # ------------------------------------------------------------------------- export

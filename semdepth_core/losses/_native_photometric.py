@@ -13,16 +13,14 @@ SEMDEPTH_NATIVE=0 leaves `load()` returning None and the callers use the torch v
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
 import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import torch
+
+from semdepth_core.native_build import build_library
 
 log = logging.getLogger(__name__)
 
@@ -173,35 +171,6 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cpu_key() -> str:
-    try:  # -march=native: a library built on another CPU must not be reused
-        with open("/proc/cpuinfo") as f:
-            info = [line for line in f if line.startswith(("model name", "flags"))][:2]
-    except OSError:
-        info = [platform.processor()]
-    return "".join(info) + platform.machine()
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SEMDEPTH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "semdepth")
-    return Path(root) / "native"
-
-
-def _build(path: Path) -> None:
-    cc = os.environ.get("CC", "cc")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src = Path(tmp) / "photometric.c"
-        src.write_text(SOURCE)
-        out = Path(tmp) / path.name
-        proc = subprocess.run([cc, *FLAGS, str(src), "-o", str(out), "-lm"], capture_output=True, text=True,
-                              timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-        os.replace(out, path)  # atomic: a concurrent or interrupted build never leaves a partial library
-
-
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first use; None when unavailable (torch fallback)."""
     global _lib, _tried
@@ -213,12 +182,8 @@ def load() -> ctypes.CDLL | None:
         if _tried:
             return _lib
         _tried = True
-        key = hashlib.sha256("\0".join([SOURCE, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
-        path = cache_dir() / f"photometric-{key}.so"
         try:
-            if not path.is_file():
-                _build(path)
-            lib = ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(str(build_library("photometric", SOURCE, FLAGS)))
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             log.warning("fused photometric kernel unavailable (%s); using the torch implementation", exc)
             return None

@@ -32,17 +32,15 @@ build, no BLAS symbol in torch's library, SEMDEPTH_NATIVE=0 or SEMDEPTH_NATIVE_P
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
-from semdepth_core.losses._native_photometric import _cpu_key, cache_dir
+from semdepth_core.native_build import build_library
 
 log = logging.getLogger(__name__)
 
@@ -455,21 +453,6 @@ _tried = False
 _GEO = ctypes.c_long * 13
 
 
-def _build(path: Path) -> None:
-    """Compile SOURCE into the shared library `path` (atomic rename)."""
-    cc = os.environ.get("CC", "cc")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src = Path(tmp) / "pac.c"
-        src.write_text(SOURCE)
-        out = Path(tmp) / path.name
-        proc = subprocess.run([cc, *FLAGS, str(src), "-o", str(out), "-lm"], capture_output=True, text=True,
-                              timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
-        os.replace(out, path)
-
-
 def _find_blas() -> dict:
     """Addresses of the Fortran-ABI sgemm_/dgemm_ (and MKL's per-thread thread count) torch links."""
     libdir = Path(torch.__file__).resolve().parent / "lib"
@@ -500,13 +483,9 @@ def load() -> ctypes.CDLL | None:
         if _tried:
             return _lib
         _tried = True
-        key = hashlib.sha256("\0".join([SOURCE, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
-        path = cache_dir() / f"pac-{key}.so"
         try:
             blas = _find_blas()
-            if not path.is_file():
-                _build(path)
-            lib = ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(str(build_library("pac", SOURCE, FLAGS)))
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
             log.warning("fused PAC kernel unavailable (%s); using the torch implementation", exc)
             return None
@@ -537,7 +516,7 @@ TILE_ELEMS = 1 << 17
 
 def _geometry(x, guide, weight, stride, padding, dilation):
     """The long[13] geometry block the C functions take, and (Ho, Wo, R)."""
-    from semdepth_core.nets.pac import _out_size
+    from semdepth_core.nets.pac_torch import _out_size
 
     B, Cin, H, W = x.shape
     Cout, k = weight.shape[0], weight.shape[-1]
