@@ -173,28 +173,32 @@ _tried = False
 
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first use; None when unavailable (torch fallback)."""
-    global _lib, _tried
     if os.environ.get("SEMDEPTH_NATIVE", "1") == "0":
         return None
-    if _tried:  # called for every loss evaluation: no lock once decided
-        return _lib
+    if not _tried:  # decided once: afterwards every loss evaluation reads _lib without the lock
+        _open_once()
+    return _lib
+
+
+def _open_once() -> None:
+    """Build/open the library and declare its C signatures (once, under the lock)."""
+    global _lib, _tried
     with _lock:
         if _tried:
-            return _lib
-        _tried = True
+            return
         try:
             lib = ctypes.CDLL(str(build_library("photometric", SOURCE, FLAGS)))
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             log.warning("fused photometric kernel unavailable (%s); using the torch implementation", exc)
-            return None
-        ptr, lng = ctypes.c_void_p, ctypes.c_long
-        for suffix in ("f32", "f64"):
-            fwd, bwd = getattr(lib, f"photometric_fwd_{suffix}"), getattr(lib, f"photometric_bwd_{suffix}")
-            fwd.argtypes = [ptr] * 4 + [lng] * 5 + [ctypes.c_double, ctypes.c_int, ctypes.c_int]
-            bwd.argtypes = [ptr] * 5 + [lng] * 5 + [ctypes.c_double, ctypes.c_int]
-            fwd.restype = bwd.restype = ctypes.c_int
-        _lib = lib
-        return _lib
+            lib = None
+        if lib is not None:
+            ptr, lng = ctypes.c_void_p, ctypes.c_long
+            for suffix in ("f32", "f64"):
+                fwd, bwd = getattr(lib, f"photometric_fwd_{suffix}"), getattr(lib, f"photometric_bwd_{suffix}")
+                fwd.argtypes = [ptr] * 4 + [lng] * 5 + [ctypes.c_double, ctypes.c_int, ctypes.c_int]
+                bwd.argtypes = [ptr] * 5 + [lng] * 5 + [ctypes.c_double, ctypes.c_int]
+                fwd.restype = bwd.restype = ctypes.c_int
+        _lib, _tried = lib, True  # _lib first: a reader that sees _tried sees the library
 
 
 def supported(x: torch.Tensor, y: torch.Tensor) -> bool:
