@@ -136,6 +136,20 @@ def cached_onnx_problem(path: str | Path) -> str | None:
     return cached_file_problem(path, load_problem)
 
 
+def reuse_cached(path: str | Path, what: str, problem: Callable[[Path], str | None]) -> bool:
+    """True when the cached `path` exists and `problem(path)` finds nothing wrong; a corrupt one is
+    discarded with a WARNING naming it (and False: the caller rebuilds it)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    reason = problem(path)
+    if reason is None:
+        log.debug("%s cache hit: %s", what, path)
+        return True
+    discard(path, f"cached {what}", reason, "rebuilding it")
+    return False
+
+
 def discard(path: str | Path, what: str, reason: str, action: str) -> None:
     """WARN naming the file and why, then delete it and its sidecar."""
     path = Path(path)

@@ -33,7 +33,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from semdepth_core.export.cache_integrity import (cached_file_problem, discard, record_integrity, sidecar_path,
+from semdepth_core.export.cache_integrity import (cached_file_problem, record_integrity, reuse_cached, sidecar_path,
                                                   sweep_stale_tmp)
 
 log = logging.getLogger(__name__)
@@ -205,12 +205,8 @@ def build_pac_library(arch: str | None = None, cache_dir: str | Path | None = No
     path = library_path(root, arch, key)
     with _build_lock(path.with_name(path.name + ".lock")):
         sweep_stale_tmp(root)
-        if path.is_file() and not force:
-            problem = _cached_library_problem(path)
-            if problem is None:
-                log.debug("PAC library cache hit: %s", path)
-                return path
-            discard(path, "cached PAC kernel library", problem, "rebuilding it")
+        if not force and reuse_cached(path, "PAC kernel library", _cached_library_problem):
+            return path
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         cmd = [nvcc, *NVCC_FLAGS, *gencode_flags(arch), "-o", str(tmp), str(KERNEL_SOURCE)]
         log.info("building the PAC kernel library for %s: %s", arch, " ".join(cmd))

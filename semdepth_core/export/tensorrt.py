@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from semdepth_core.checkpoint import atomic_write_bytes
-from semdepth_core.export.cache_integrity import (GraphFileError, cached_file_problem, discard, record_integrity,
+from semdepth_core.export.cache_integrity import (GraphFileError, cached_file_problem, discard, record_integrity, reuse_cached,
                                                   sidecar_path, sweep_stale_tmp)
 
 log = logging.getLogger(__name__)
@@ -195,12 +195,8 @@ def build_engine(onnx_path: str | Path, precision: str = "fp32", cache_dir: str 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     sweep_stale_tmp(root)
     engine_path = root / f"{onnx_path.stem}_{precision}_{cap}_{key[:20]}.engine"
-    if engine_path.is_file() and not force:
-        problem = _cached_engine_problem(engine_path)
-        if problem is None:
-            log.info("TensorRT engine cache hit: %s", engine_path)
-            return engine_path
-        discard(engine_path, "cached TensorRT engine", problem, "rebuilding it")
+    if not force and reuse_cached(engine_path, "TensorRT engine", _cached_engine_problem):
+        return engine_path
     if precision == "int8" and calib_dir is None:
         raise ValueError(f"no cached int8 engine for {onnx_path}; building one needs calib_dir "
                          "(a directory of calibration images)")
