@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from semdepth_core.checkpoint import atomic_write_bytes
-from semdepth_core.export.cache_integrity import (GraphFileError, cached_file_problem, discard, record_integrity, reuse_cached,
-                                                  sidecar_path, sweep_stale_tmp)
+from semdepth_core.export.cache_integrity import (GraphFileError, cached_file_problem, discard, record_integrity,
+                                                  reuse_cached, sidecar_path, sweep_stale_tmp)
 
 log = logging.getLogger(__name__)
 
