@@ -69,9 +69,13 @@ def test_the_shipped_test_drives_are_the_eigen_test_lists_drives(shared_data):
     assert not is_eigen_test_drive(REAL)  # the local training drive of real.yaml
 
 
-def test_the_test_drive_list_is_package_data():
+def test_the_test_drive_list_loads_from_the_package():
+    from semdepth_core.data.kitti import eigen_test_drives, is_eigen_test_drive
+
+    drives = eigen_test_drives()  # read through importlib.resources, as from an installed package
+    assert len(drives) == 28 and "2011_09_26_drive_0023_sync" in drives
+    assert is_eigen_test_drive("2011_09_26/2011_09_26_drive_0023") and not is_eigen_test_drive("2011_09_26_drive_0001_sync")
     assert '"data/*.txt"' in (REPO / "setup.py").read_text()  # installed beside semdepth_core/data/kitti.py
-    assert (REPO / "semdepth_core" / "data" / "eigen_test_drives.txt").is_file()
 
 
 # ----------------------------------------------------------------------------- the split generator
