@@ -95,6 +95,16 @@ def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str) -> 
     module.load_state_dict(state, strict=True)
 
 
+def load_matching(module: torch.nn.Module, state: dict) -> dict[str, list[str]]:
+    """Copy the tensors of `state` whose name and shape match `module`'s (fine-tuning from another run);
+    -> {"copied", "new" (kept as initialised), "ignored" (in the checkpoint only, or of another shape)}."""
+    own = module.state_dict()
+    copied = [k for k in own if k in state and tuple(own[k].shape) == tuple(state[k].shape)]
+    module.load_state_dict({k: state[k] for k in copied}, strict=False)
+    return {"copied": copied, "new": [k for k in own if k not in copied],
+            "ignored": [k for k in state if k not in own or k not in copied]}
+
+
 def slim_checkpoint(ckpt: dict, half: bool = True, provenance: dict | None = None) -> dict:
     """A deployable copy: config + network weights only (fp16 floats when `half`), no optimiser/RNG state.
 

@@ -227,6 +227,10 @@ class TrainConfig:
     # keep the frozen semantic net's guidance features of every training image in memory (computed once on the
     # un-jittered image; a flipped sample gets them mirrored): the semantic net then costs nothing per step
     cache_semantics: bool = False
+    # fine-tuning (e.g. the paper's Cityscapes -> KITTI schedule): a checkpoint whose network weights start this
+    # run; tensors with the same name and shape are copied, new layers (e.g. PAC guidance) keep their
+    # initialisation, and the optimiser, schedule and counters start fresh (--resume continues a run instead)
+    init_from: str = ""
 
 
 @dataclass

@@ -361,3 +361,30 @@ def test_collapse_detector_warns_once(capsys):
     rec = {}
     t._check_collapse({"smoothness": 0.01}, rec)
     assert t._flat_steps == 0 and not rec
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(short_run, config_file, tmp_path, capsys):
+    """train.init_from (fine-tuning, e.g. CS+K): matching tensors copied, new layers initialised, fresh schedule."""
+    from semdepth_core.checkpoint import load_matching
+    from semdepth_core.config import load_config
+    from semdepth_core.nets.model import build_models
+
+    src = load_checkpoint(short_run / "last.ckpt")
+    guided = load_config(config_file, ["model.guidance=true", "model.semantic.enabled=true",
+                                       "model.semantic.arch=espnet"]).model
+    depth, _ = build_models(guided, 2)
+    report = load_matching(depth, src["depth_model"])
+    assert report["copied"] and any("pac" in k.lower() or "guid" in k.lower() for k in report["new"])
+    for k in report["copied"]:
+        torch.testing.assert_close(depth.state_dict()[k], src["depth_model"][k].to(depth.state_dict()[k].dtype))
+    out = tmp_path / "ft"
+    rc = _train(["--config", str(config_file), "--set", f"train.init_from={short_run / 'last.ckpt'}",
+                 "--set", "train.max_steps=1", "--set", f"train.out_dir={out}", "--device", "cpu"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "depth_model: " in text and " 0 new" in text  # same architecture: everything copied
+    ckpt = load_checkpoint(out / "tiny" / "last.ckpt")
+    assert ckpt["global_step"] == 1  # a new run, not a resumed one
+    rc = _train(["--config", str(config_file), "--set", f"train.init_from={short_run / 'last.ckpt'}",
+                 "--set", "model.depth_net=resnet18", "--set", f"train.out_dir={out}2", "--device", "cpu"])
+    assert rc != 0 and "shares no depth-network weights" in capsys.readouterr().err

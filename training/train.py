@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from semdepth_core.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    load_matching,
     load_state_dict_checked,
     save_checkpoint,
 )
@@ -118,6 +119,8 @@ class Trainer:
             self.depth_model, self.pose_net = build_models(resolved_model_config(cfg), len(cfg.data.context))
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
+        if cfg.train.init_from and resume is None:
+            self._init_from(cfg.train.init_from)
         self.depth_model.to(device)
         self.pose_net.to(device)
         self.loss_fn = SfmLoss(cfg.loss, (cfg.model.min_depth, cfg.model.max_depth))
@@ -188,6 +191,24 @@ class Trainer:
         self.log_file = None
         if self.is_main:
             self._open_logs(resumed=resume is not None)
+
+    def _init_from(self, path: str) -> None:
+        """train.init_from: start from another run's network weights (matching names and shapes)."""
+        ckpt = load_checkpoint(resolve_path(path))
+        report = {}
+        for key, module in (("depth_model", self.depth_model), ("pose_net", self.pose_net)):
+            if not isinstance(ckpt.get(key), dict):
+                raise CheckpointError(f"train.init_from: {path} has no {key} weights")
+            report[key] = load_matching(module, ckpt[key])
+        dm = report["depth_model"]
+        if len(dm["ignored"]) > len(dm["copied"]):  # fine-tuning adds layers; it does not swap the network
+            raise ConfigError(f"train.init_from: {path} shares no depth-network weights with this model for "
+                              f"{len(dm['ignored'])} of its {len(dm['ignored']) + len(dm['copied'])} tensors "
+                              f"({self.cfg.model.depth_net}); is it the same depth_net?")
+        if self.is_main:
+            print("init_from " + str(path) + ": " + "; ".join(
+                f"{k}: {len(r['copied'])} tensors copied, {len(r['new'])} new, {len(r['ignored'])} ignored"
+                for k, r in report.items()))
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
