@@ -69,3 +69,36 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def time_cuda_ms(fn, warmup: int, reps: int) -> float:
+    """Median milliseconds of `fn` over `reps` calls timed with CUDA events, after `warmup` calls."""
+    import statistics
+
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def thread_list(text: str) -> list[int]:
+    """argparse type for --threads 1,2: a list of thread counts >= 1."""
+    import argparse
+
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads wants a comma-separated list of integers, got {text!r}")
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"--threads wants thread counts >= 1, got {text!r}")
+    return out

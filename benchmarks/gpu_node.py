@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, print_table, write_result  # noqa: E402
+from common import REPO, print_table, time_cuda_ms, write_result  # noqa: E402
 
 NAME = "gpu_node"
 DEFAULT_CHECKPOINT = REPO / "semdepth_ros" / "weights" / "default.ckpt"
@@ -84,24 +84,6 @@ def _skip(reason: str, quick: bool) -> int:
     path = write_result(NAME, {"skipped": True, "reason": reason, "targets": targets}, quick=quick)
     print(f"wrote {path}")
     return 0
-
-
-def _time_cuda(fn, warmup: int, reps: int) -> float:
-    """Median milliseconds of `fn` (CUDA events) over `reps` calls after `warmup` calls."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def _time_wall(fn, warmup: int, reps: int) -> float:
@@ -193,8 +175,8 @@ def main(argv=None) -> int:
                 with torch.autocast("cuda", dtype=torch.float16):
                     model(xt)
 
-            row = {"size": label, "torch_fp32_ms": _time_cuda(fwd32, warmup, reps),
-                   "torch_fp16_ms": _time_cuda(fwd16, warmup, reps),
+            row = {"size": label, "torch_fp32_ms": time_cuda_ms(fwd32, warmup, reps),
+                   "torch_fp16_ms": time_cuda_ms(fwd16, warmup, reps),
                    "predict_fp32_wall_ms": _time_wall(lambda: pred.predict(rgb), warmup, reps),
                    "trt_fp16_ms": None, "trt_fp16_decomposed_ms": None, "plugin_speedup": None}
             if trt_ok:

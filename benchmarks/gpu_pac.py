@@ -19,12 +19,11 @@ JSON with "skipped": true and the reason; no numbers are made up.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_result  # noqa: E402
+from common import print_table, time_cuda_ms, write_result  # noqa: E402
 
 NAME = "gpu_pac"
 SPEEDUP_TARGET = 3.0  # fused kernel vs decomposed PacConv2d (issue 22)
@@ -51,24 +50,6 @@ def _skip(reason: str, quick: bool) -> int:
     path = write_result(NAME, {"skipped": True, "reason": reason, "targets": targets}, quick=quick)
     print(f"wrote {path}")
     return 0
-
-
-def _time_cuda(fn, warmup: int, reps: int) -> float:
-    """Median milliseconds of `fn` over `reps` calls (CUDA events) after `warmup` calls."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -127,8 +108,8 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     layer_d(xd, gd)
 
-            t_fused = _time_cuda(fused, 5, reps)
-            t_dec = _time_cuda(decomposed, 5, reps)
+            t_fused = time_cuda_ms(fused, 5, reps)
+            t_dec = time_cuda_ms(decomposed, 5, reps)
             ok = err <= tol
             if not ok:
                 failures.append(f"{name} {dname}: rel err {err:.2e} > {tol}")

@@ -30,7 +30,7 @@ import os
 import statistics
 import time
 
-from common import print_table, write_result  # noqa: I001 (benchmarks/ is on sys.path when run)
+from common import print_table, thread_list, write_result  # noqa: I001 (benchmarks/ is on sys.path when run)
 
 import torch
 from torch import nn
@@ -144,23 +144,13 @@ def run(configs, batch, reps, naive, threads):
     return rows
 
 
-def _thread_list(text: str) -> list[int]:
-    try:
-        out = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads wants a comma-separated list of integers, got {text!r}")
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"--threads wants thread counts >= 1, got {text!r}")
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, few reps")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--naive", action="store_true", help="also time the unfold reference (slow)")
-    ap.add_argument("--threads", type=_thread_list, default=[1, 2], help="torch intra-op thread counts, e.g. 1,2")
+    ap.add_argument("--threads", type=thread_list, default=[1, 2], help="torch intra-op thread counts, e.g. 1,2")
     args = ap.parse_args(argv)
     if args.batch < 1 or (args.reps is not None and args.reps < 1):
         ap.error("--batch and --reps must be >= 1")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import print_table, write_result  # noqa: E402
+from benchmarks.common import print_table, thread_list, write_result  # noqa: E402
 from semdepth_core.config import Config, LossConfig, load_config  # noqa: E402
 from semdepth_core.data.dataset import KittiDataset, collate  # noqa: E402
 from semdepth_core.data.synthetic import generate_drive  # noqa: E402
@@ -139,20 +139,10 @@ def run_guided(threads: int, reps: int, root: Path) -> dict:
             "loadavg_1min": [load0, os.getloadavg()[0]]}
 
 
-def _thread_list(text: str) -> list[int]:
-    try:
-        out = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads wants a comma-separated list of integers, got {text!r}")
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"--threads wants thread counts >= 1, got {text!r}")
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=_thread_list, default=[1, 2],
+    p.add_argument("--threads", type=thread_list, default=[1, 2],
                    help="thread counts for the guided-vs-unguided rows, e.g. 1,2")
     args = p.parse_args(argv)
     reps = 3 if args.quick else 15
