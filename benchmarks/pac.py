@@ -26,11 +26,14 @@ gradients are cleared first, so they count. `saved_mb` = bytes kept for backward
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import statistics
 import time
+from pathlib import Path
 
-from common import print_table, thread_list, write_result  # noqa: I001 (benchmarks/ is on sys.path when run)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
+from benchmarks.common import print_table, thread_list, write_result  # noqa: E402
 
 import torch
 from torch import nn

@@ -17,10 +17,12 @@ import argparse
 import array
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from common import print_table, write_result  # noqa: E402  (adds the repo to sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
+from benchmarks.common import print_table, write_result  # noqa: E402
 
 from semdepth_ros import conversions as C  # noqa: E402
 

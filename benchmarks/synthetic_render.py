@@ -12,13 +12,16 @@ Writes benchmarks/results/synthetic_render.json (synthetic_render_quick.json wit
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from common import print_table, write_result  # noqa: E402  (adds the repo to sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
+from benchmarks.common import print_table, write_result  # noqa: E402
 
 from semdepth_core.data import synthetic as S  # noqa: E402
 from semdepth_core.data.synthetic.kitti_writer import _calib_texts, _rig_from_texts  # noqa: E402
