@@ -82,7 +82,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("depth_encoding", "32FC1", "depth image encoding: 32FC1 (m, NaN invalid) or 16UC1 (mm, 0 invalid)",
               _in(DEPTH_ENCODINGS)),
-    ParamSpec("semantics.rate", 2.0, "semantic labels: 0 = computed with every frame's depth (labels always of "
+    ParamSpec("semantics.rate", 1.0, "semantic labels: 0 = computed with every frame's depth (labels always of "
               "the same frame); > 0 = the semantic net runs on a thread of its own on the latest frame, at most this "
               "often (Hz), while depth and points keep the camera rate and carry the latest labels (their age is on "
               "/diagnostics; `semantic` is published with the stamp of the frame it was computed from). Only for "
