@@ -39,6 +39,7 @@ Results: benchmarks/results/node_latency[_quick].json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -298,6 +299,30 @@ def _stage_means(before: dict, after: dict, window: int = STAGE_WINDOW) -> tuple
     return out, how
 
 
+@contextlib.contextmanager
+def node_run(row: dict, checkpoint: Path, backend: str, threads: int, log_dir: Path, log_name: str,
+             params=(), transport: str = "raw"):
+    """The node process (`params`: extra K:=V parameters) and a client on a random ROS domain, for one run.
+
+    Yields (node, client). An exception inside is recorded in `row` (error, node log tail) so the other runs
+    still go; the client and the node are stopped either way."""
+    domain = random.randint(1, 200)
+    env = ros_env(domain, log_dir / "roslog", threads)
+    env["SEMDEPTH_CACHE"] = str(WORK / "cache")
+    extra = [a for kv in ("diagnostics_period:=0.25", f"num_threads:={threads}", *params) for a in ("-p", kv)]
+    node = NodeProc(node_command(checkpoint, backend, NS, IMG, INFO, ODOM, ("points",), extra, transport), env,
+                    log_dir / f"{log_name}.log")
+    cli = Client(domain, NS, IMG, INFO, ODOM, outputs=("points",))
+    try:
+        yield node, cli
+    except Exception as exc:  # noqa: BLE001 - one failing config is reported, the others still run
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["node_log_tail"] = node.log()[-2000:]
+    finally:
+        cli.close()
+        node.stop()
+
+
 def run_config(model: str, backend: str, frames: int, warmup: int, threads: int, ckpt_dir: Path,
                log_dir: Path, start_timeout: float, frame_timeout: float, checkpoint: Path | None = None,
                image_size: tuple[int, int] = (WIDTH, HEIGHT), transport: str = "raw") -> dict:
@@ -306,19 +331,12 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
     from semdepth_ros import conversions as C
 
     ckpt = checkpoint if checkpoint is not None else build_checkpoint(model, ckpt_dir)
-    domain = random.randint(1, 200)
-    env = ros_env(domain, log_dir / "roslog", threads)
-    env["SEMDEPTH_CACHE"] = str(WORK / "cache")
-    extra = ["-p", "diagnostics_period:=0.25", "-p", f"num_threads:={threads}"]
-    if checkpoint is None:
-        extra += ["-p", f"input_height:={HEIGHT}", "-p", f"input_width:={WIDTH}"]
-    node = NodeProc(node_command(ckpt, backend, NS, IMG, INFO, ODOM, ("points",), extra, transport), env,
-                    log_dir / f"node_{model}_{backend}_{transport}.log")
-    cli = Client(domain, NS, IMG, INFO, ODOM, outputs=("points",))
+    extra = [] if checkpoint is not None else [f"input_height:={HEIGHT}", f"input_width:={WIDTH}"]
     rgb, K = sample_image(*image_size)
     W_img, H_img = image_size
     row = {"model": model, "backend": backend, "image": f"{W_img}x{H_img}", "transport": transport}
-    try:
+    with node_run(row, ckpt, backend, threads, log_dir, f"node_{model}_{backend}_{transport}", extra,
+                  transport) as (node, cli):
         t_start = time.monotonic()
         cli.wait_serving("points", start_timeout, node.alive, transport)
         row["startup_s"] = time.monotonic() - t_start
@@ -371,12 +389,6 @@ def run_config(model: str, backend: str, frames: int, warmup: int, threads: int,
             "backend_reported": after.get("backend"), "network_input": after.get("network_input"),
             "cloud": f"{pts.width}x{pts.height}", "latencies_ms": lat.tolist(),
         })
-    except Exception as exc:  # noqa: BLE001 - one failing config is reported, the others still run
-        row["error"] = f"{type(exc).__name__}: {exc}"
-        row["node_log_tail"] = node.log()[-2000:]
-    finally:
-        cli.close()
-        node.stop()
     return row
 
 
@@ -433,24 +445,14 @@ def run_stream(label: str, checkpoint: Path, backend: str, rate: float, seconds:
     from /diagnostics."""
     from semdepth_ros import conversions as C
 
-    domain = random.randint(1, 200)
-    env = ros_env(domain, log_dir / "roslog", threads)
-    env["SEMDEPTH_CACHE"] = str(WORK / "cache")
-    if profile:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = profile  # this process publishes the frames
-    extra = ["-p", "diagnostics_period:=0.25", "-p", f"num_threads:={threads}"]
-    for kv in node_params:
-        extra += ["-p", kv]
+    if profile:  # both processes: this one publishes the frames, the node inherits the environment
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
     tag = "_".join([label, backend] + [kv.replace(":=", "-") for kv in node_params])
-    node = NodeProc(node_command(checkpoint, backend, NS, IMG, INFO, ODOM, ("points",), extra), env,
-                    log_dir / f"stream_{tag}.log")
-    cli = Client(domain, NS, IMG, INFO, ODOM, outputs=("points",))
     rgb, K = sample_image(*image_size)
     W_img, H_img = image_size
     row = {"model": label, "backend": backend, "image": f"{W_img}x{H_img}", "rate_hz": rate, "seconds": seconds,
            "node_params": list(node_params), "fastdds_profile": profile or ""}
-    try:
+    with node_run(row, checkpoint, backend, threads, log_dir, f"stream_{tag}", node_params) as (node, cli):
         t_start = time.monotonic()
         cli.wait_serving("points", start_timeout, node.alive)
         row["startup_s"] = time.monotonic() - t_start
@@ -496,12 +498,6 @@ def run_stream(label: str, checkpoint: Path, backend: str, rate: float, seconds:
             "label_age_ms": after.get("semantics.label_age_ms"), "network_input": after.get("network_input"),
             "frames_dropped_in_node": int(after["frames_dropped"]) - int(snapshot.get("frames_dropped", 0)),
         })
-    except Exception as exc:  # noqa: BLE001 - one failing config is reported, the others still run
-        row["error"] = f"{type(exc).__name__}: {exc}"
-        row["node_log_tail"] = node.log()[-2000:]
-    finally:
-        cli.close()
-        node.stop()
     return row
 
 

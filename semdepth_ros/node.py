@@ -148,6 +148,8 @@ class DepthNode(LifecycleNode):
         self._sem_async = False  # labels computed on their own thread (semantics.rate > 0, unguided model)
         self._sem_next = 0.0  # monotonic time the semantic thread may take its next frame
         self._labels = None  # (stamp_ns, labels [H,W] uint8) of the latest semantic result (async mode)
+        self._no_labels = None  # all-255 labels of the current image size (no result yet)
+        self._sem_period = 0.0  # s between two frames offered to the semantic thread
         self._label_ages: deque = deque(maxlen=50)  # ms between a depth frame and the labels it carried
         self._sem_done: deque = deque(maxlen=30)  # monotonic times of finished semantic frames
         self._stop = threading.Event()
@@ -218,6 +220,7 @@ class DepthNode(LifecycleNode):
                                             height=h or None, width=w or None, split_semantics=rate > 0)
             self.get_logger().info(f"loaded {self.predictor} from {path} in {time.perf_counter() - t0:.1f}s")
             self._sem_async = rate > 0 and self.predictor.semantics_separable
+            self._sem_period = 1.0 / rate if rate > 0 else 0.0
             if rate > 0 and self.predictor.has_semantics and not self._sem_async:
                 self.get_logger().info("semantics.rate > 0 ignored: this model's semantic net guides its depth net "
                                        "(or the backend runs them as one), so labels come with every frame")
@@ -450,7 +453,7 @@ class DepthNode(LifecycleNode):
         """Hand the frame to the semantic thread when semantics.rate allows (the mailbox keeps the latest)."""
         now = time.monotonic()
         if now >= self._sem_next:
-            self._sem_next = now + 1.0 / float(self.p("semantics.rate"))
+            self._sem_next = now + self._sem_period
             self.sem_mailbox.put((rgb, header))
 
     def _current_labels(self, stamp: int, shape) -> np.ndarray | None:
@@ -459,7 +462,9 @@ class DepthNode(LifecycleNode):
         with self._lock:
             latest = self._labels
         if latest is None or latest[1].shape != tuple(shape):
-            return np.full(shape, 255, np.uint8)
+            if self._no_labels is None or self._no_labels.shape != tuple(shape):
+                self._no_labels = np.full(shape, 255, np.uint8)  # made once per image size, never written to
+            return self._no_labels
         self._label_ages.append(abs(stamp - latest[0]) / 1e6)
         return latest[1]
 

@@ -130,6 +130,12 @@ class Predictor:
         """Intrinsics for the network input, given K of an image of image_size=(W, H)."""
         return processing.network_intrinsics(K, image_size, self.net_size_for(image_size))
 
+    def _network_input(self, rgb: np.ndarray) -> tuple[Runner, np.ndarray]:
+        """(runner for this image size, float32 [1,3,h,w] network input) of an HxWx3 uint8 RGB frame."""
+        processing.check_rgb(rgb)
+        runner, size = self._runner_for((rgb.shape[1], rgb.shape[0]))
+        return runner, processing.preprocess(rgb, size)
+
     @property
     def semantics_separable(self) -> bool:
         """True when the semantic net can run apart from the depth net (`predict(semantics=False)` +
@@ -146,9 +152,7 @@ class Predictor:
         semantics=False skips the semantic net where it guides nothing (`semantics_separable`; labels
         are then None; the caller gets them from `predict_labels`, e.g. on another thread)."""
         t0 = time.perf_counter()
-        processing.check_rgb(rgb)
-        runner, size = self._runner_for((rgb.shape[1], rgb.shape[0]))
-        x = processing.preprocess(rgb, size)
+        runner, x = self._network_input(rgb)
         t1 = time.perf_counter()
         if semantics or not self.has_semantics:
             inv, labels = runner.run_depth(x)
@@ -169,9 +173,7 @@ class Predictor:
         if not self.semantics_separable:
             raise RuntimeError(f"{self!r}: the semantic net cannot run apart from the depth net here")
         t0 = time.perf_counter()
-        processing.check_rgb(rgb)
-        runner, size = self._runner_for((rgb.shape[1], rgb.shape[0]))
-        x = processing.preprocess(rgb, size)
+        runner, x = self._network_input(rgb)
         t1 = time.perf_counter()
         labels = runner.run_semantics(x)
         t2 = time.perf_counter()

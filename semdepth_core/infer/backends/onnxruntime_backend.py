@@ -82,6 +82,20 @@ def _providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _session_options(threads: int | None, spin: bool = True):
+    """ORT session options: all graph optimisations, `threads` intra-op threads (None/0: ORT's default), and
+    spinning worker threads unless `spin` is False."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads and threads > 0:
+        opts.intra_op_num_threads = int(threads)
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxRuntimeRunner:
     name = "onnxruntime"
 
@@ -98,14 +112,10 @@ class OnnxRuntimeRunner:
             import torch
 
             threads = torch.get_num_threads()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads and threads > 0:
-            opts.intra_op_num_threads = int(threads)
-        if semantic_path is not None:
-            # two sessions share the cores (the node runs them on two threads): threads that spin while
-            # waiting for work would take the cores from the other session
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # with a separate semantic graph two sessions share the cores (the node runs them on two threads):
+        # worker threads that spin while waiting for work would take the cores from the other session
+        shared = semantic_path is not None
+        opts = _session_options(threads, spin=not shared)
         providers = _providers(device)
         self.depth_path = Path(depth_path)
         self.session = ort.InferenceSession(str(depth_path), sess_options=opts, providers=providers)
@@ -116,10 +126,7 @@ class OnnxRuntimeRunner:
         self._input = self.session.get_inputs()[0].name
         self.sem_session = None
         if semantic_path is not None:
-            sopts = ort.SessionOptions()
-            sopts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sopts.intra_op_num_threads = max(1, int(semantic_threads if semantic_threads is not None else threads or 1))
-            sopts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            sopts = _session_options(semantic_threads if semantic_threads is not None else threads, spin=False)
             self.sem_session = ort.InferenceSession(str(semantic_path), sess_options=sopts, providers=providers)
             if [o.name for o in self.sem_session.get_outputs()] != ["labels"]:
                 raise ValueError(f"{semantic_path}: expected one 'labels' output")
