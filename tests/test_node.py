@@ -436,8 +436,11 @@ def test_node_outputs_bad_inputs_parameters_and_sigterm(tmp_path, checkpoint, ki
                        "truncated image data", "rescaling the intrinsics", "no valid intrinsics",
                        "speed nan is not a finite number"):
             assert log.count(needle) == 1, (needle, log[-4000:])
+        # wait for a /diagnostics message published after the odometry was rejected (an earlier one may
+        # already show the bad images and frames)
         probe.spin_until(lambda: probe.got["diag"] and probe.diag()["bad_images"] == "6"
-                         and int(probe.diag()["frames_processed"]) >= 7, 10, "diagnostics")
+                         and int(probe.diag()["frames_processed"]) >= 7 and probe.diag().get("errors.odom") == "2",
+                         10, "diagnostics")
         d = probe.diag()
         assert (d["errors.image.encoding"], d["errors.image.size"], d["errors.image.truncated"]) == ("2", "2", "2")
         assert d["errors.odom"] == "2" and d["errors.camera_info"] == "1" and d["scale.mode"] == "none"
